@@ -1,0 +1,21 @@
+"""CoaT: Co-Scale Conv-Attentional Image Transformers (Xu, Xu, Chang, Tu, ICCV 2021)."""
+
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .factory import create_model, list_models, load_model, variant_config
+from .models.coat import CoaT
+from .models.config import VARIANTS, CoaTConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VARIANTS",
+    "CheckpointError",
+    "CoaT",
+    "CoaTConfig",
+    "create_model",
+    "list_models",
+    "load_model",
+    "read_checkpoint",
+    "save_checkpoint",
+    "variant_config",
+]

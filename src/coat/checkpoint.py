@@ -1,0 +1,251 @@
+"""Reading and writing CoaT checkpoints.
+
+Readable: the authors' ``.pth`` (weights under ``model``), timm's ``.pth``/``.safetensors`` (the
+authors' key names without the unused norms), and ours (safetensors whose metadata holds the
+config). Files are never unpickled beyond plain tensors (``torch.load(weights_only=True)``).
+The authors' key names are mapped to ours by ``official_to_coat``; nothing in the module tree
+depends on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .models.config import CoaTConfig
+
+FORMAT_NAME = "coat"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message is one sentence."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights in our key names plus what the file said about itself."""
+
+    state_dict: dict[str, torch.Tensor]
+    source_format: str  # "coat", "official" or "timm"
+    config: CoaTConfig | None = None  # only our own files carry one
+    variant: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what conversion changed
+
+    @property
+    def num_classes(self) -> int:
+        head = self.state_dict.get("head.weight")
+        return 0 if head is None else head.shape[0]
+
+
+# ---------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read any supported checkpoint file into our key names."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
+    if _is_safetensors(path):
+        tensors, metadata = _read_safetensors(path)
+    else:
+        tensors, metadata = _read_torch_file(path), {}
+    if metadata.get("format") == FORMAT_NAME:
+        config = CoaTConfig.from_dict(json.loads(metadata["config"]))
+        return Checkpoint(tensors, "coat", config, metadata.get("variant"), metadata)
+    if any(key.startswith("stages.") for key in tensors):
+        return Checkpoint(tensors, "coat", metadata=metadata)
+    if "patch_embed1.proj.weight" not in tensors:
+        sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
+        raise CheckpointError(f"{path} is not a CoaT checkpoint: no patch_embed1/stages keys (found {sample})")
+    source = "official" if "norm1.weight" in tensors else "timm"  # timm drops the unused norms
+    state, notes = official_to_coat(tensors)
+    return Checkpoint(state, source, metadata=metadata, notes=notes)
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            return {key: f.get_tensor(key) for key in f.keys()}, metadata
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(err)}); "
+                              "it may be truncated, re-download or re-save it") from None
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} contains pickled Python objects beyond plain tensors, which could run code; "
+            "refusing to load it (re-save the weights alone, or convert them with `coat convert` where trusted)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
+                              "it may be truncated or not a checkpoint at all") from None
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_ema"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors (top level: {type(obj).__name__}); "
+                              "expected a dict of weights, optionally under 'model'")
+    return dict(obj)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------------------- key map
+def _stage(s: str) -> int:
+    return int(s) - 1
+
+
+def _parallel_scale(s: str) -> int:
+    return int(s) - 2  # parallel blocks act on scales 2, 3, 4
+
+
+# Each rule maps an authors' key to (our key, rank). Shared modules appear under several keys
+# in the authors' files (the stage's CPE/CRPE inside every block, the parallel MLP as
+# mlp2/mlp3/mlp4). PyTorch's load_state_dict visits every alias in module order, so the
+# authors' model ends up with the copy it visits last; the rank reproduces that order
+# (top-level module < serial block i < parallel block j, then mlp2 < mlp3 < mlp4).
+_Rank = tuple[int, int, int]
+_Rule = Callable[[re.Match], tuple[str, _Rank]]
+_TOP: _Rank = (0, 0, 0)
+_OFFICIAL_RULES: list[tuple[str, _Rule]] = [
+    (r"patch_embed(\d)\.(.*)", lambda m: (f"stages.{_stage(m[1])}.patch_embed.{m[2]}", _TOP)),
+    (r"cls_token(\d)", lambda m: (f"stages.{_stage(m[1])}.cls_token", _TOP)),
+    (r"cpe(\d)\.(.*)", lambda m: (f"stages.{_stage(m[1])}.cpe.{m[2]}", _TOP)),
+    (r"crpe(\d)\.conv_list\.(.*)", lambda m: (f"stages.{_stage(m[1])}.crpe.convs.{m[2]}", _TOP)),
+    (r"serial_blocks(\d)\.(\d+)\.cpe\.(.*)", lambda m: (f"stages.{_stage(m[1])}.cpe.{m[3]}", (1, int(m[2]), 0))),
+    (r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.crpe\.conv_list\.(.*)",
+     lambda m: (f"stages.{_stage(m[1])}.crpe.convs.{m[3]}", (1, int(m[2]), 0))),
+    (r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.(qkv|proj)\.(.*)",
+     lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.attn.{m[3]}.{m[4]}", _TOP)),
+    (r"serial_blocks(\d)\.(\d+)\.(norm1|norm2|mlp)\.(.*)",
+     lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.{m[3]}.{m[4]}", _TOP)),
+    (r"parallel_blocks\.(\d+)\.norm([12])(\d)\.(.*)",
+     lambda m: (f"parallel_blocks.{m[1]}.norms{m[2]}.{_parallel_scale(m[3])}.{m[4]}", _TOP)),
+    (r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.crpe\.conv_list\.(.*)",
+     lambda m: (f"stages.{_stage(m[2])}.crpe.convs.{m[3]}", (2, int(m[1]), 0))),
+    (r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.(qkv|proj)\.(.*)",
+     lambda m: (f"parallel_blocks.{m[1]}.attns.{_parallel_scale(m[2])}.{m[3]}.{m[4]}", _TOP)),
+    (r"parallel_blocks\.(\d+)\.mlp([234])\.(.*)", lambda m: (f"parallel_blocks.{m[1]}.mlp.{m[3]}", (2, 0, int(m[2])))),
+    (r"(aggregate|head)\.(.*)", lambda m: (f"{m[1]}.{m[2]}", _TOP)),
+]
+
+
+def official_to_coat(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map the authors' (or timm's) key names to ours; returns the new dict and what changed.
+
+    Aliases of shared modules collapse to one tensor (the copy the authors' loader keeps), and
+    the final norms that the authors build but never use (``norm1..3`` in CoaT-Lite, ``norm1``
+    in CoaT) are dropped. Unknown keys are kept so that loading reports them.
+    """
+    is_lite = not any(key.startswith("parallel_blocks.") for key in state)
+    head_norm_scales = [4] if is_lite else [2, 3, 4]
+    ranked: dict[str, tuple[_Rank, torch.Tensor]] = {}
+    unused_norms: set[str] = set()
+    dropped = 0
+    for key, value in state.items():
+        norm = re.fullmatch(r"norm(\d)\.(weight|bias)", key)
+        if norm:
+            scale = int(norm[1])
+            if scale not in head_norm_scales:
+                unused_norms.add(f"norm{scale}")
+                dropped += 1
+                continue
+            target, rank = f"head_norms.{head_norm_scales.index(scale)}.{norm[2]}", _TOP
+        else:
+            target, rank = next((rule(m) for pattern, rule in _OFFICIAL_RULES if (m := re.fullmatch(pattern, key))),
+                                (key, _TOP))
+        if target not in ranked or rank >= ranked[target][0]:
+            ranked[target] = (rank, value)
+    out = {key: value for key, (_, value) in ranked.items()}
+    aliases = len(state) - len(out) - dropped
+    notes = [f"mapped {len(out)} tensors from the authors' key names"]
+    if aliases:
+        notes.append(f"collapsed {aliases} duplicate keys of shared CPE/CRPE/MLP modules")
+    if unused_norms:
+        notes.append(f"dropped the unused norms {sorted(unused_norms)}")
+    return out, notes
+
+
+# ---------------------------------------------------------------------------- loading into a model
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load ``state``; any disagreement becomes one sentence naming the first few."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} is {list(state[k].shape)} in the file but {list(expected[k].shape)} in the model"
+                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if wrong_shape:
+        problems.append(_listing("shapes differ", wrong_shape))
+    if missing:
+        problems.append(_listing("missing from the file", missing))
+    if unexpected:
+        problems.append(_listing("not in the model", unexpected))
+    if problems:
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(problems)}); "
+                              "check that the file is for the same variant")
+    model.load_state_dict(state, strict=True)
+
+
+def _listing(title: str, items: list[str], shown: int = 3) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return f"{title}: {', '.join(items[:shown])}{more}"
+
+
+# ---------------------------------------------------------------------------- writing
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, variant: str | None = None, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``model`` as safetensors with its config in the metadata, atomically (temp + rename)."""
+    config: CoaTConfig = model.config
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict())}
+    variant = variant or getattr(model, "variant", None)
+    if variant:
+        meta["variant"] = variant
+    meta.update(metadata or {})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

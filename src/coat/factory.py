@@ -1,0 +1,73 @@
+"""``create_model`` / ``list_models`` / ``load_model``: variants by name, weights from any checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_checkpoint
+from .models.coat import CoaT
+from .models.config import VARIANTS, CoaTConfig
+
+logger = logging.getLogger(__name__)
+
+
+def list_models() -> list[str]:
+    """Names of the released variants."""
+    return list(VARIANTS)
+
+
+def variant_config(name: str, **overrides: Any) -> CoaTConfig:
+    """The config of variant ``name`` with ``overrides`` (CoaTConfig fields) applied."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
+    known = {f.name for f in dataclasses.fields(CoaTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model options {unknown}; CoaTConfig fields are {sorted(known)}")
+    return dataclasses.replace(VARIANTS[name].config, **overrides)
+
+
+def create_model(
+    name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None, **overrides: Any
+) -> CoaT:
+    """Build variant ``name``; with ``pretrained``, load weights from any readable checkpoint.
+
+    ``num_classes`` defaults to the checkpoint's (or 1000); a different value re-initialises the
+    classifier and logs that it did.
+    """
+    checkpoint = read_checkpoint(pretrained) if pretrained is not None else None
+    file_classes = checkpoint.num_classes if checkpoint else None
+    if num_classes is None:
+        num_classes = file_classes or VARIANTS.get(name, VARIANTS["coat_lite_tiny"]).config.num_classes
+    model = CoaT(variant_config(name, num_classes=num_classes, **overrides))
+    model.variant = name
+    if checkpoint is not None:
+        _load_weights(model, checkpoint, name, str(pretrained))
+    return model
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> CoaT:
+    """Rebuild a model from one of our own checkpoint files alone (config from its metadata)."""
+    checkpoint = read_checkpoint(path)
+    if checkpoint.config is None:
+        raise CheckpointError(f"{path} carries no model config; use create_model(NAME, pretrained={str(path)!r}) "
+                              "or `coat convert` it first")
+    model = CoaT(dataclasses.replace(checkpoint.config, **overrides))
+    model.variant = checkpoint.variant
+    _load_weights(model, checkpoint, checkpoint.variant or "model", str(path))
+    return model
+
+
+def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -> None:
+    state = dict(checkpoint.state_dict)
+    if checkpoint.num_classes != model.config.num_classes:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+        logger.warning("re-initialised the classifier of %s: the file has %d classes, the model %d",
+                       name, checkpoint.num_classes, model.config.num_classes)
+    for note in checkpoint.notes:
+        logger.info("%s: %s", source, note)
+    load_state_into(model, state, source=f"{source} ({checkpoint.source_format} format)")

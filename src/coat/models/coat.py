@@ -1,0 +1,133 @@
+"""The CoaT / CoaT-Lite model: four stages built in a loop, optional co-scale parallel blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .blocks import LN_EPS, ParallelBlock, Stage, run_block
+from .config import CoaTConfig
+from .layers import Grid, tokens_to_nchw
+
+MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
+
+
+class CoaT(nn.Module):
+    """Co-Scale Conv-Attentional Image Transformer (Xu et al., ICCV 2021).
+
+    ``forward(x)`` maps images ``[B, 3, H, W]`` (any H, W >= 32) to logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, config: CoaTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims = config.embed_dims
+        in_dims = (config.in_chans, *dims[:-1])
+        self.stages = nn.ModuleList(
+            Stage(in_dims[i], dims[i], config.patch_sizes[i], config.serial_depths[i], config.num_heads,
+                  config.mlp_ratios[i], config.qkv_bias, config.crpe_windows, config.drop_path_rate)
+            for i in range(4)
+        )
+        reductions = torch.tensor(config.patch_sizes).cumprod(0).tolist()
+        self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i], "module": f"stages.{i}"}
+                             for i in range(4)]
+        self.parallel_blocks = nn.ModuleList(
+            ParallelBlock(dims[1], 3, config.num_heads, config.mlp_ratios[1], config.qkv_bias,
+                          config.drop_path_rate, config.coscale)
+            for _ in range(config.parallel_depth)
+        )
+        self.grad_checkpointing = False
+        # Lite classifies from scale 4's CLS token; CoaT mixes the CLS tokens of scales 2-4.
+        head_scales = 1 if config.is_lite else 3
+        self.head_norms = nn.ModuleList(nn.LayerNorm(dims[-1], eps=LN_EPS) for _ in range(head_scales))
+        self.aggregate = None if config.is_lite else nn.Conv1d(3, 1, kernel_size=1)
+        self.num_features = dims[-1]
+        self.head = self._make_head(config.num_classes)
+        self.apply(_init_weights)
+        for stage in self.stages:
+            nn.init.trunc_normal_(stage.cls_token, std=0.02)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ----------------------------------------------------------------- public API
+    def forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
+        """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids."""
+        _check_input(x, self.config.in_chans)
+        tokens, grids = [], []
+        feature = x
+        for stage in self.stages:
+            out, grid = stage(feature)
+            tokens.append(out)
+            grids.append(grid)
+            feature = tokens_to_nchw(out, grid)  # next stage's input, a view
+        if self.parallel_blocks:
+            cpes = [stage.cpe for stage in self.stages[1:]]
+            crpes = [stage.crpe for stage in self.stages[1:]]
+            scales = tokens[1:]
+            for block in self.parallel_blocks:
+                scales = run_block(block, self.grad_checkpointing, scales, grids[1:], cpes, crpes)
+            tokens = tokens[:1] + list(scales)
+        return tokens, grids
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four feature maps ``[B, C_s, H/r, W/r]`` for r = 4, 8, 16, 32 (CLS removed)."""
+        tokens, grids = self.forward_tokens(x)
+        return [tokens_to_nchw(t, g).contiguous(memory_format=torch.channels_last) for t, g in zip(tokens, grids)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized CLS tokens the head reads: ``[B, 1, C]`` (Lite) or ``[B, 3, C]`` (CoaT)."""
+        tokens, _ = self.forward_tokens(x)
+        head_tokens = tokens[-len(self.head_norms):]
+        return torch.cat([norm(t[:, :1]) for norm, t in zip(self.head_norms, head_tokens)], dim=1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B, S, C]`` from ``forward_features`` -> logits ``[B, num_classes]`` (or ``[B, C]``)."""
+        pooled = features[:, 0] if self.aggregate is None else self.aggregate(features).squeeze(1)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
+        self.head = self._make_head(num_classes)
+        self.head.apply(_init_weights)
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations during backward (less memory, same gradients)."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that get no weight decay beyond norms and biases: the CLS tokens."""
+        return {f"stages.{i}.cls_token" for i in range(len(self.stages))}
+
+
+def _check_input(x: torch.Tensor, in_chans: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"CoaT expects images shaped [B, {in_chans}, H, W], got {shape}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"CoaT expects {in_chans} input channels, got {x.shape[1]}; convert the images to RGB")
+    if not x.is_floating_point():
+        raise ValueError(f"CoaT expects a floating-point tensor, got {x.dtype}; convert with x.float() / 255")
+    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"input {x.shape[2]}x{x.shape[3]} is too small: CoaT needs at least "
+            f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the images"
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

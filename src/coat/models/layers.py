@@ -1,0 +1,124 @@
+"""The building blocks of CoaT: patch embedding, convolutional position encodings, factorized
+attention and the MLP.
+
+Token layout throughout: ``[B, 1 + H*W, C]`` with the CLS token first and image tokens in
+row-major (H, W) order, i.e. the image part is NHWC. ``tokens_to_nchw`` views the image part
+as an NCHW tensor without copying (channels-last strides), which is what the depthwise
+convolutions consume.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Grid = tuple[int, int]
+
+
+def tokens_to_nchw(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """View the image tokens of ``[B, 1+H*W, C]`` as ``[B, C, H, W]`` (no copy)."""
+    return tokens[:, 1:].unflatten(1, grid).permute(0, 3, 1, 2)
+
+
+def nchw_to_tokens(feature: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a view when ``feature`` is channels-last)."""
+    return feature.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (conv with kernel = stride = patch) + LayerNorm."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)  # default eps 1e-5, as in the authors' release
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        x = self.proj(x)  # [B, C, H/p, W/p] (floor division, as the authors' code)
+        grid = (x.shape[2], x.shape[3])
+        return self.norm(nchw_to_tokens(x)), grid  # [B, H*W, C]
+
+
+class ConvPosEnc(nn.Module):
+    """Convolutional position encoding: image tokens += depthwise 3x3 conv of themselves."""
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        image = tokens_to_nchw(x, grid)  # [B, C, H, W] view
+        encoded = image + self.proj(image)
+        return torch.cat((x[:, :1], nchw_to_tokens(encoded)), dim=1)  # [B, 1+H*W, C]
+
+
+class ConvRelPosEnc(nn.Module):
+    """Convolutional relative position encoding: ``q * dwconv(v)`` on image tokens.
+
+    Heads are split into groups, each with its own depthwise window (``{3: 2, 5: 3, 7: 3}``
+    means the first 2 heads' channels use a 3x3 window, the next 3 a 5x5, the last 3 a 7x7).
+    """
+
+    def __init__(self, head_dim: int, windows: dict[int, int]) -> None:
+        super().__init__()
+        self.channel_splits = [heads * head_dim for heads in windows.values()]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch)
+            for window, ch in zip(windows, self.channel_splits)
+        )
+
+    def forward(self, q_image: torch.Tensor, v_image: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """``q_image``, ``v_image``: ``[B, H*W, C]`` -> ``[B, H*W, C]``."""
+        v_nchw = v_image.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W] view
+        groups = torch.split(v_nchw, self.channel_splits, dim=1)
+        encoded = torch.cat([conv(g) for conv, g in zip(self.convs, groups)], dim=1)
+        return q_image * encoded.flatten(2).transpose(1, 2)
+
+
+class FactorizedAttention(nn.Module):
+    """Factorized attention ``scale * q @ (softmax_over_tokens(k)^T @ v)`` plus CRPE.
+
+    Split into ``project_qkv`` / ``context`` / ``attend`` so that co-scale attention can combine
+    contexts computed from other scales' keys and values.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, N, C]`` -> q, k, v, each ``[B, N, C]`` (strided views of one projection)."""
+        return self.qkv(x).chunk(3, dim=-1)
+
+    def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-head ``softmax_over_tokens(k)^T @ v``: ``[B, N, C]`` x2 -> ``[B, heads, d, d]``."""
+        k = k.unflatten(-1, (self.num_heads, -1)).softmax(dim=1)  # [B, N, h, d]
+        v = v.unflatten(-1, (self.num_heads, -1))
+        return torch.einsum("bnhk,bnhv->bhkv", k, v)
+
+    def attend(
+        self, q: torch.Tensor, context: torch.Tensor, v: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc
+    ) -> torch.Tensor:
+        """Queries read the context, plus CRPE on image tokens (zero for CLS), then ``proj``."""
+        out = torch.einsum("bnhk,bhkv->bnhv", q.unflatten(-1, (self.num_heads, -1)), context * self.scale)
+        out = out.flatten(2)  # [B, N, C]
+        image = out[:, 1:] + crpe(q[:, 1:], v[:, 1:], grid)
+        return self.proj(torch.cat((out[:, :1], image), dim=1))
+
+    def forward(self, x: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc) -> torch.Tensor:
+        q, k, v = self.project_qkv(x)
+        return self.attend(q, self.context(k, v), v, grid, crpe)
+
+
+class Mlp(nn.Sequential):
+    """fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
