@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-FIXTURES = Path(os.environ.get("COAT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("COAT_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 
 
 def manifest() -> dict[str, dict[str, list[int]]]:

@@ -80,7 +80,9 @@ class FactorizedAttention(nn.Module):
     """Factorized attention ``scale * q @ (softmax_over_tokens(k)^T @ v)`` plus CRPE.
 
     Split into ``project_qkv`` / ``context`` / ``attend`` so that co-scale attention can combine
-    contexts computed from other scales' keys and values.
+    contexts computed from other scales' keys and values. Heads are handled by slicing channels
+    of the ``[B, N, C]`` projections (strided views that BLAS reads directly), so no permuted
+    copies of q, k or v are made.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -94,31 +96,66 @@ class FactorizedAttention(nn.Module):
         """``[B, N, C]`` -> q, k, v, each ``[B, N, C]`` (strided views of one projection)."""
         return self.qkv(x).chunk(3, dim=-1)
 
+    def _head_slices(self, channels: int) -> list[slice]:
+        d = channels // self.num_heads
+        return [slice(i * d, (i + 1) * d) for i in range(self.num_heads)]
+
     def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Per-head ``softmax_over_tokens(k)^T @ v``: ``[B, N, C]`` x2 -> ``[B, heads, d, d]``."""
-        k = k.unflatten(-1, (self.num_heads, -1)).softmax(dim=1)  # [B, N, h, d]
-        v = v.unflatten(-1, (self.num_heads, -1))
-        return torch.einsum("bnhk,bnhv->bhkv", k, v)
+        """Per-head ``scale * softmax_over_tokens(k)^T @ v``: ``[B, N, C]`` x2 -> ``[B, h, d, d]``.
+
+        The softmax's normalisation (and the attention scale) is applied to the small context
+        instead of the ``[B, N, C]`` weights.
+        """
+        weights = (k - k.amax(dim=1, keepdim=True)).exp()  # [B, N, C], unnormalised softmax
+        norm = (self.scale / weights.sum(dim=1)).unflatten(-1, (self.num_heads, -1)).unsqueeze(-1)  # [B, h, d, 1]
+        context = torch.stack([weights[:, :, s].transpose(1, 2) @ v[:, :, s] for s in self._head_slices(k.shape[-1])],
+                              dim=1)  # [B, h, d, d]
+        return context * norm
 
     def attend(
         self, q: torch.Tensor, context: torch.Tensor, v: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc
     ) -> torch.Tensor:
         """Queries read the context, plus CRPE on image tokens (zero for CLS), then ``proj``."""
-        out = torch.einsum("bnhk,bhkv->bnhv", q.unflatten(-1, (self.num_heads, -1)), context * self.scale)
-        out = out.flatten(2)  # [B, N, C]
-        image = out[:, 1:] + crpe(q[:, 1:], v[:, 1:], grid)
-        return self.proj(torch.cat((out[:, :1], image), dim=1))
+        heads = self._head_slices(q.shape[-1])
+        out = torch.cat([q[:, :, s] @ context[:, i] for i, s in enumerate(heads)], dim=-1)  # [B, N, C]
+        out[:, 1:] += crpe(q[:, 1:], v[:, 1:], grid)
+        return self.proj(out)
 
     def forward(self, x: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc) -> torch.Tensor:
         q, k, v = self.project_qkv(x)
         return self.attend(q, self.context(k, v), v, grid, crpe)
 
 
-class Mlp(nn.Sequential):
-    """fc1 -> GELU -> fc2."""
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact) -> fc2.
+
+    In eager CPU inference fc1 and the GELU run as one oneDNN kernel (same numbers, one pass less
+    over the widest activation); training, tracing and compilation use the plain modules.
+    """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_fused_cpu_kernels(x):
+            hidden = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
+        else:
+            hidden = self.act(self.fc1(x))
+        return self.fc2(hidden)
+
+
+def _use_fused_cpu_kernels(x: torch.Tensor) -> bool:
+    """True in eager, gradient-free CPU float32 inference where oneDNN's fused kernels exist."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+    )
