@@ -34,13 +34,16 @@ class Timing:
 
 
 def timm_pair(name: str, **timm_kwargs: object) -> tuple[nn.Module, nn.Module]:
-    """(ours, timm's) CoaT ``name`` holding the same (timm-initialised) weights."""
+    """(ours, timm's) CoaT ``name`` holding the same (timm-initialised) weights.
+
+    timm's CoaT fixes its token grids at construction: pass ``img_size=(H, W)`` for other inputs.
+    """
     try:
         import timm
     except ImportError:
         raise RuntimeError("comparing against timm needs timm: pip install 'coat[peers]'") from None
     peer = timm.create_model(name, **timm_kwargs)
-    ours = create_model(name)
+    ours = create_model(name, num_classes=peer.num_classes)
     state, _ = official_to_coat(peer.state_dict())
     load_state_into(ours, state, source=f"timm {name}")
     return ours, peer

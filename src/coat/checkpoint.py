@@ -14,7 +14,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +100,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
             f"{path} contains pickled Python objects beyond plain tensors, which could run code; "
             "refusing to load it (re-save the weights alone, or convert them with `coat convert` where trusted)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # torch.load raises many types on garbage input
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
                               "it may be truncated or not a checkpoint at all") from None
     if isinstance(obj, Mapping):
@@ -116,7 +115,8 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    message = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 # ---------------------------------------------------------------------------- key map

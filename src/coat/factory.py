@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Any
 
+import torch
+
 from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_checkpoint
 from .models.coat import CoaT
 from .models.config import VARIANTS, CoaTConfig
@@ -69,5 +71,17 @@ def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -
         logger.warning("re-initialised the classifier of %s: the file has %d classes, the model %d",
                        name, checkpoint.num_classes, model.config.num_classes)
     for note in checkpoint.notes:
-        logger.info("%s: %s", source, note)
+        logger.debug("%s: %s", source, note)
     load_state_into(model, state, source=f"{source} ({checkpoint.source_format} format)")
+
+
+def infer_variant(state: dict) -> str:
+    """The first variant whose parameter names and shapes equal ``state``'s (head size aside)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("head.")}
+    for name in VARIANTS:
+        with torch.device("meta"):
+            reference = CoaT(variant_config(name, num_classes=0)).state_dict()
+        if shapes == {k: tuple(v.shape) for k, v in reference.items()}:
+            return name
+    raise CheckpointError("the weights match none of the known variants "
+                          f"({', '.join(VARIANTS)}); pass the variant name explicitly")

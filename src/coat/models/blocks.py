@@ -76,10 +76,15 @@ def run_block(block: nn.Module, use_checkpoint: bool, *args: object) -> torch.Te
     return block(*args)
 
 
-def resize_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
-    """Bilinearly resize the image tokens of ``x`` to ``target`` (by size); CLS passes as is."""
+def resize_image_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """Bilinearly resize the image tokens of ``x`` to ``target`` (by size): -> ``[B, h*w, C]``."""
     image = F.interpolate(tokens_to_nchw(x, grid), size=target, mode="bilinear", align_corners=False)
-    return torch.cat((x[:, :1], image.flatten(2).transpose(1, 2)), dim=1)  # [B, 1+h*w, C]
+    return image.flatten(2).transpose(1, 2)
+
+
+def resize_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """``resize_image_tokens`` with the CLS token kept in front: -> ``[B, 1+h*w, C]``."""
+    return torch.cat((x[:, :1], resize_image_tokens(x, grid, target)), dim=1)
 
 
 class ParallelBlock(nn.Module):
@@ -128,13 +133,14 @@ class ParallelBlock(nn.Module):
         self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
     ) -> list[torch.Tensor]:
         outs = [attn(x, grid, crpe) for attn, x, grid, crpe in zip(self.attns, normed, grids, crpes)]
+        cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]: CLS tokens are summed as they are
         mixed = []
         for i, grid in enumerate(grids):
-            total = outs[i]
+            image = outs[i][:, 1:]
             for j, other in enumerate(outs):
                 if j != i:
-                    total = total + resize_tokens(other, grids[j], grid)
-            mixed.append(total)
+                    image = image + resize_image_tokens(other, grids[j], grid)
+            mixed.append(torch.cat((cls_sum, image), dim=1))
         return mixed
 
     def _mix_by_attention(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 
 import torch
 from torch import nn
@@ -30,7 +32,7 @@ class CoaT(nn.Module):
                   config.mlp_ratios[i], config.qkv_bias, config.crpe_windows, config.drop_path_rate)
             for i in range(4)
         )
-        reductions = torch.tensor(config.patch_sizes).cumprod(0).tolist()
+        reductions = list(itertools.accumulate(config.patch_sizes, operator.mul))  # 4, 8, 16, 32
         self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i], "module": f"stages.{i}"}
                              for i in range(4)]
         self.parallel_blocks = nn.ModuleList(

@@ -54,7 +54,7 @@ class ConvPosEnc(nn.Module):
 
 
 class ConvRelPosEnc(nn.Module):
-    """Convolutional relative position encoding: ``q * dwconv(v)`` on image tokens.
+    """Convolutional relative position encoding ``q * dwconv(v)`` on image tokens (this module: the dwconv).
 
     Heads are split into groups, each with its own depthwise window (``{3: 2, 5: 3, 7: 3}``
     means the first 2 heads' channels use a 3x3 window, the next 3 a 5x5, the last 3 a 7x7).
@@ -68,12 +68,12 @@ class ConvRelPosEnc(nn.Module):
             for window, ch in zip(windows, self.channel_splits)
         )
 
-    def forward(self, q_image: torch.Tensor, v_image: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """``q_image``, ``v_image``: ``[B, H*W, C]`` -> ``[B, H*W, C]``."""
+    def forward(self, v_image: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Depthwise convs of the values: ``[B, H*W, C]`` -> ``[B, H*W, C]`` (the caller multiplies by q)."""
         v_nchw = v_image.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W] view
         groups = torch.split(v_nchw, self.channel_splits, dim=1)
         encoded = torch.cat([conv(g) for conv, g in zip(self.convs, groups)], dim=1)
-        return q_image * encoded.flatten(2).transpose(1, 2)
+        return encoded.flatten(2).transpose(1, 2)
 
 
 class FactorizedAttention(nn.Module):
@@ -103,14 +103,12 @@ class FactorizedAttention(nn.Module):
     def context(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per-head ``scale * softmax_over_tokens(k)^T @ v``: ``[B, N, C]`` x2 -> ``[B, h, d, d]``.
 
-        The softmax's normalisation (and the attention scale) is applied to the small context
-        instead of the ``[B, N, C]`` weights.
+        The attention scale is applied to the small context instead of the ``[B, N, C]`` output.
         """
-        weights = (k - k.amax(dim=1, keepdim=True)).exp()  # [B, N, C], unnormalised softmax
-        norm = (self.scale / weights.sum(dim=1)).unflatten(-1, (self.num_heads, -1)).unsqueeze(-1)  # [B, h, d, 1]
+        weights = k.softmax(dim=1)  # [B, N, C], over tokens
         context = torch.stack([weights[:, :, s].transpose(1, 2) @ v[:, :, s] for s in self._head_slices(k.shape[-1])],
                               dim=1)  # [B, h, d, d]
-        return context * norm
+        return context * self.scale
 
     def attend(
         self, q: torch.Tensor, context: torch.Tensor, v: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc
@@ -118,7 +116,7 @@ class FactorizedAttention(nn.Module):
         """Queries read the context, plus CRPE on image tokens (zero for CLS), then ``proj``."""
         heads = self._head_slices(q.shape[-1])
         out = torch.cat([q[:, :, s] @ context[:, i] for i, s in enumerate(heads)], dim=-1)  # [B, N, C]
-        out[:, 1:] += crpe(q[:, 1:], v[:, 1:], grid)
+        out[:, 1:].addcmul_(q[:, 1:], crpe(v[:, 1:], grid))
         return self.proj(out)
 
     def forward(self, x: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc) -> torch.Tensor:

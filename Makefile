@@ -1,0 +1,31 @@
+# Quick start: `make demo` (set up + train on the embedded data), `make test` (set up + test suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test,peers]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/coat train --output runs/demo --overwrite
+	@echo "plots:      runs/demo/plots/"
+	@echo "checkpoint: runs/demo/best.safetensors"
+	@echo "summary:    runs/demo/summary.json"
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,44 @@
+"""The ``coat`` command: one sub-command per job.
+
+Each sub-command lives in its own module with ``add_parser(subparsers)`` that registers it and
+sets ``func``; bad input raises ``UserError``/``ValueError`` and becomes one line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .commands import model_commands
+
+COMMAND_MODULES = [model_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coat", description="CoaT image models: info, convert, train, eval, ...")
+    parser.add_argument("--version", action="version", version=f"coat {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.add_parsers(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # CheckpointError is a ValueError
+        print(f"coat {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"coat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

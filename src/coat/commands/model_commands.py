@@ -1,0 +1,80 @@
+"""``coat info`` and ``coat convert``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..factory import create_model, infer_variant, variant_config
+from ..models.coat import CoaT
+from ..models.config import VARIANTS
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    info = subparsers.add_parser("info", help="list the variants with params, GMACs and paper accuracy")
+    info.add_argument("name", nargs="?", choices=list(VARIANTS), metavar="NAME", help="one variant in detail")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=run_info)
+
+    convert = subparsers.add_parser("convert", help="turn any readable checkpoint into this library's format")
+    convert.add_argument("src", type=Path, help="authors' .pth, timm .pth/.safetensors, or ours")
+    convert.add_argument("dst", type=Path, help="output .safetensors file")
+    convert.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.set_defaults(func=run_convert)
+
+
+def measured_gmacs(name: str, size: int | None = None) -> float:
+    """Multiply-accumulates of one forward pass, counted on the meta device (no compute)."""
+    config = variant_config(name)
+    size = size or config.input_size
+    with torch.device("meta"):
+        model = CoaT(config)
+        x = torch.empty(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
+def variant_rows(names: list[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        info = VARIANTS[name]
+        with torch.device("meta"):
+            params = sum(p.numel() for p in CoaT(info.config).parameters())
+        rows.append({"name": name, "params_m": round(params / 1e6, 2), "gmacs": round(measured_gmacs(name), 2),
+                     "input_size": info.config.input_size, "paper_top1": info.top1,
+                     "paper_params_m": info.params_m, "paper_gmacs": info.gmacs,
+                     "kind": "CoaT-Lite" if info.config.is_lite else "CoaT"})
+    return rows
+
+
+def run_info(args: argparse.Namespace) -> int:
+    rows = variant_rows([args.name] if args.name else list(VARIANTS))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<22}{'kind':<11}{'params (M)':>11}{'GMACs':>8}{'input':>7}{'top-1 (paper)':>15}")
+    for r in rows:
+        print(f"{r['name']:<22}{r['kind']:<11}{r['params_m']:>11.2f}{r['gmacs']:>8.2f}"
+              f"{r['input_size']:>7}{r['paper_top1']:>15.1f}")
+    if args.name:
+        print(json.dumps(VARIANTS[args.name].config.to_dict(), indent=2))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    if args.dst.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
+    checkpoint = read_checkpoint(args.src)
+    name = args.model or checkpoint.variant or infer_variant(checkpoint.state_dict)
+    model = create_model(name, pretrained=args.src)
+    save_checkpoint(model, args.dst, variant=name)
+    notes = "; ".join(checkpoint.notes) or "no key changes"
+    print(f"converted {args.src} ({checkpoint.source_format} format, {name}) -> {args.dst}: {notes}")
+    return 0

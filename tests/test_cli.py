@@ -1,0 +1,57 @@
+"""`coat info` / `coat convert` and the one-line-error contract."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import coat
+from coat.cli import main
+
+
+def test_info_lists_all_variants(capsys):
+    assert main(["info", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == coat.list_models()
+    for row in rows:
+        assert row["params_m"] == row["paper_params_m"]
+        assert row["gmacs"] == pytest.approx(row["paper_gmacs"], rel=0.02)
+
+
+def test_info_table_for_one_variant(capsys):
+    assert main(["info", "coat_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "coat_tiny" in out and "78.3" in out and '"parallel_depth": 6' in out
+
+
+def test_convert_official_to_ours(official_checkpoint, tmp_path, capsys):
+    dst = tmp_path / "ours.safetensors"
+    assert main(["convert", str(official_checkpoint("coat_tiny")), str(dst)]) == 0
+    assert "official format, coat_tiny" in capsys.readouterr().out
+    reference = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny")).eval()
+    converted = coat.load_model(dst).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(reference(x), converted(x))
+    # an existing destination is never overwritten silently
+    assert main(["convert", str(official_checkpoint("coat_tiny")), str(dst)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_convert_bad_file_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not weights")
+    result = subprocess.run([sys.executable, "-m", "coat.cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert str(bad) in result.stderr
+
+
+def test_convert_wrong_variant_exit_2(official_checkpoint, tmp_path, capsys):
+    code = main(["convert", str(official_checkpoint("coat_lite_tiny")), str(tmp_path / "o.safetensors"),
+                 "--model", "coat_lite_small"])
+    assert code == 2
+    assert "shapes differ" in capsys.readouterr().err
