@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import model_commands
+from .commands import model_commands, train_commands
 
-COMMAND_MODULES = [model_commands]
+COMMAND_MODULES = [model_commands, train_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,145 @@
+"""``coat train`` and ``coat eval``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.datasets import collate_skipping_none, eval_split
+from ..data.transforms import eval_transform
+from ..factory import create_model, load_model
+from ..models.config import VARIANTS
+from ..train.config import RECIPES, TrainConfig, resolve
+from ..train.distributed import pick_device
+from ..train.engine import evaluate, fit
+
+_HELP = {
+    "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",
+    "recipe": f"named recipe: {', '.join(RECIPES)} (default: imagenet with --data, small without)",
+    "resume": "'auto' (OUTPUT/last.pt if present) or the path of a last.pt",
+    "pretrained": "weights to fine-tune from (any checkpoint the library reads); the head is re-initialised",
+    "lr": "peak learning rate (default: base_lr x global batch / 512)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA",
+    "compile": "torch.compile the model",
+    "overwrite": "replace the run already in --output",
+    "skip_corrupt": "skip unreadable images (counted in the metrics) instead of stopping",
+}
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train or fine-tune a variant on an image folder or the embedded data",
+                                  description="Every option overrides the recipe; --config FILE.yaml sets many at once.")
+    train.add_argument("--config", help="YAML file of options (flags given here win)")
+    for field in dataclasses.fields(TrainConfig):
+        _add_field(train, field)
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix")
+    ev.add_argument("--checkpoint", required=True, help="our .safetensors (e.g. runs/demo/best.safetensors), "
+                    "or an authors'/timm file together with --model")
+    ev.add_argument("--model", choices=list(VARIANTS), help="variant, for checkpoints that do not carry a config")
+    ev.add_argument("--data", help="folder with val/<class>/* or <class>/* (default: the embedded held-out split)")
+    ev.add_argument("--input-size", type=int, help="default: the checkpoint's")
+    ev.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the checkpoint's, e.g. 0.875)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--output", type=Path, default=None, help="folder for results.json and confusion.png "
+                    "(default: eval/ next to the checkpoint)")
+    ev.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
+    ev.add_argument("--skip-corrupt", action="store_true")
+    ev.set_defaults(func=run_eval)
+
+
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    """One flag per TrainConfig field; ``None`` default so that only given flags override the recipe."""
+    flag = "--" + field.name.replace("_", "-")
+    help_text = f"{_HELP.get(field.name, '')} (recipe default: {field.default})".strip()
+    type_name = str(field.type)  # annotations are strings here: "int", "float | None", "tuple[...]"
+    if type_name == "bool":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif type_name.startswith("tuple"):
+        parser.add_argument(flag, type=float, nargs=3, default=None, help=help_text)
+    else:
+        value_type = float if "float" in type_name else int if "int" in type_name else str
+        parser.add_argument(flag, type=value_type, default=None, help=help_text)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = resolve(cli, args.config)
+    summary = fit(config)
+    print(f"best top-1 {summary['best_top1']:.2f}%, final top-1 {summary['final_top1']:.2f}% after "
+          f"{summary['epochs']} epochs ({summary['images_per_second']:.0f} img/s); checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(args.checkpoint)
+    if checkpoint.config is not None:
+        model = load_model(args.checkpoint)
+    elif args.model:
+        model = create_model(args.model, pretrained=args.checkpoint)
+    else:
+        raise ValueError(f"{args.checkpoint} carries no config; pass --model NAME")
+    cfg = model.config
+    class_names = json.loads(checkpoint.metadata.get("class_names", "null")) or [str(i) for i in range(cfg.num_classes)]
+    transform = eval_transform(args.input_size or cfg.input_size, args.crop_pct or cfg.crop_pct, cfg.mean, cfg.std)
+    dataset = eval_split(args.data, transform, args.skip_corrupt)
+    if hasattr(dataset, "classes") and len(dataset.classes) != cfg.num_classes:
+        raise ValueError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "
+                         "evaluate on data with the same classes")
+    output = args.output or Path(args.checkpoint).resolve().parent / "eval"
+    results_path = output / "results.json"
+    if results_path.exists() and not args.overwrite:
+        raise FileExistsError(f"{results_path} already exists; pass --overwrite or another --output")
+    device = pick_device(args.device)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skipping_none)
+    result = evaluate(model.to(device), loader, device, cfg.num_classes, progress="eval")
+    output.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(args.checkpoint), "data": args.data or "embedded held-out split",
+              "images": result.count, "skipped_images": result.skipped, "top1": result.top1, "top5": result.top5,
+              "loss": result.loss, "input_size": args.input_size or cfg.input_size,
+              "crop_pct": args.crop_pct or cfg.crop_pct,
+              "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
+              "confusion_matrix": result.confusion.tolist()}
+    results_path.write_text(json.dumps(record, indent=2) + "\n")
+    plot_confusion(result.confusion, class_names, output / "confusion.png")
+    print(f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  on {result.count} images"
+          f"{f' ({result.skipped} skipped)' if result.skipped else ''}; wrote {results_path} and {output / 'confusion.png'}")
+    return 0
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * n, 20), min(2 + 0.5 * n, 20)))
+    rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), class_names, rotation=90)
+        ax.set_yticks(range(n), class_names)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if confusion[i, j]:
+                        ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

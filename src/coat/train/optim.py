@@ -1,0 +1,41 @@
+"""AdamW without weight decay on norms, biases and CLS tokens; warm-up then cosine, per step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and 1-D parameters (norms, biases) plus ``no_weight_decay()``.
+
+    Built from the bare model (before DDP wraps it), so the names match ``no_weight_decay()``.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_lr: float, min_lr: float,
+                  warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ``warmup_lr`` to ``peak_lr``, then cosine down to ``min_lr``, stepped per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            lr = warmup_lr + (peak_lr - warmup_lr) * step / warmup_steps
+        else:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            lr = min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * progress))
+        return lr / peak_lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,70 @@
+"""What a training run shows and keeps: metrics.jsonl, TensorBoard, PNG plots (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class RunLog:
+    def __init__(self, output: Path, enabled: bool) -> None:
+        self.output, self.enabled = output, enabled
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(output / "tensorboard"))
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        self.history = list(history)
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        if self.writer:
+            self.writer.add_scalar("train/loss_step", loss, global_step)
+            self.writer.add_scalar("train/lr", lr, global_step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.enabled:
+            return
+        with (self.output / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        self.writer.flush()
+        self.plot()
+
+    def plot(self) -> None:
+        plots = self.output / "plots"
+        plots.mkdir(exist_ok=True)
+        epochs = [r["epoch"] for r in self.history]
+        panels = {
+            "loss": ["train_loss", "val_loss", "val_ema_loss"],
+            "accuracy": ["val_top1", "val_top5", "val_ema_top1"],
+            "lr": ["lr"],
+        }
+        for name, keys in panels.items():
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key in keys:
+                values = [r.get(key) for r in self.history]
+                if any(v is not None for v in values):
+                    ax.plot(epochs, values, marker="o", label=key)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel({"accuracy": "percent", "lr": "learning rate"}.get(name, name))
+            ax.grid(alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(plots / f"{name}.png", dpi=100)
+            plt.close(fig)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
