@@ -27,3 +27,35 @@ def official_checkpoint(tmp_path_factory):
         return cache[variant]
 
     return make
+
+
+def make_image_folder(root: Path, classes=("circle", "square", "stripes"), train_per_class=8, val_per_class=4,
+                      size=40, seed=0) -> Path:
+    """A small learnable image folder: one colour/shape per class, mixed formats and modes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40)]
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+                pixels[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = colours[c % len(colours)]
+                image = Image.fromarray(pixels)
+                if i % 4 == 1:
+                    image.convert("L").save(folder / f"{i}.png")
+                elif i % 4 == 2:
+                    image.convert("RGBA").save(folder / f"{i}.png")
+                elif i % 4 == 3:
+                    image.save(folder / f"{i}.jpg", quality=95)
+                else:
+                    image.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / "data")

@@ -151,3 +151,12 @@ def test_grad_checkpointing_same_gradients_less_saved_memory(name):
     for n in plain:
         assert torch.allclose(plain[n], ckpt[n], atol=1e-5, rtol=1e-4), n
     assert ckpt_bytes < 0.5 * plain_bytes
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_inference_fast_path_equals_training_path(name):
+    model = coat.create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.allclose(fast, model(x), atol=1e-5)

@@ -64,3 +64,44 @@ def interleaved(fns: dict[str, Callable[[], object]], batch_size: int, warmup: i
             sync()
             seconds[name].append(time.perf_counter() - start)
     return {name: Timing(name, s, batch_size) for name, s in seconds.items()}
+
+
+def benchmark_table(name: str, batch_size: int, size: int, modes: list[str], dtypes: list[str],
+                    device: torch.device, compare: str | None = None, warmup: int = 2,
+                    repeats: int = 10) -> list[dict]:
+    """Inference rows for every (mode, dtype); with ``compare="timm"`` timm's CoaT runs interleaved."""
+    if compare == "timm":
+        ours, peer = timm_pair(name, img_size=size)
+        models = {"coat": ours, "timm": peer}
+    else:
+        models = {"coat": create_model(name)}
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for mode in modes:
+        runners = {impl: m.to(device).eval() for impl, m in models.items()}
+        if mode == "compiled":
+            runners = {impl: torch.compile(m) for impl, m in runners.items()}
+        for dtype in dtypes:
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+            def make(fn):
+                def run():
+                    with torch.inference_mode(), autocast:
+                        return fn(x)
+                return run
+
+            calls = {impl: make(fn) for impl, fn in runners.items()}
+            if "timm" in calls:
+                diff = (calls["coat"]().float() - calls["timm"]().float()).abs().max().item()
+                limit = 1e-4 if dtype == "fp32" else 5e-2 * max(1.0, calls["timm"]().float().abs().max().item())
+                if diff > limit:
+                    raise RuntimeError(f"{name} {mode} {dtype}: outputs differ from timm's by {diff:.2e}")
+            timings = interleaved(calls, batch_size, warmup, repeats, sync)
+            for impl, t in timings.items():
+                row = {"impl": impl, "mode": mode, "dtype": dtype, "images_per_second": t.images_per_second,
+                       "latency_ms": 1000 * t.median, "batch_size": batch_size, "size": size}
+                if impl == "coat" and "timm" in timings:
+                    row["speedup_vs_timm"] = timings["timm"].median / t.median
+                rows.append(row)
+    return rows

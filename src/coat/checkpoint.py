@@ -52,8 +52,16 @@ class Checkpoint:
 
 # ---------------------------------------------------------------------------- reading
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read any supported checkpoint file into our key names."""
+    """Read any supported checkpoint into our key names.
+
+    ``path`` is a file, a Hugging Face style folder (``config.json`` + ``model.safetensors``), or
+    ``hf-hub:ORG/NAME`` looked up in the local Hugging Face cache (never downloaded).
+    """
+    if str(path).startswith(HUB_PREFIX):
+        path = local_hub_snapshot(str(path)[len(HUB_PREFIX):])
     path = Path(path)
+    if path.is_dir():
+        return _read_hub_folder(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
     if _is_safetensors(path):
@@ -71,6 +79,41 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     source = "official" if "norm1.weight" in tensors else "timm"  # timm drops the unused norms
     state, notes = official_to_coat(tensors)
     return Checkpoint(state, source, metadata=metadata, notes=notes)
+
+
+HUB_PREFIX = "hf-hub:"
+
+
+def local_hub_snapshot(repo_id: str) -> Path:
+    """The folder of ``repo_id`` in the local Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache)."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    if ref.is_file():
+        return repo / "snapshots" / ref.read_text().strip()
+    if snapshots:
+        return snapshots[-1]
+    raise CheckpointError(f"{repo_id} is not in the local Hugging Face cache ({cache}); nothing is downloaded, "
+                          "so fetch it where there is network and copy the cache, or pass a file path")
+
+
+def _read_hub_folder(folder: Path) -> Checkpoint:
+    weights, config_file = folder / "model.safetensors", folder / "config.json"
+    if not weights.is_file():
+        raise CheckpointError(f"{folder} has no model.safetensors; a model folder holds config.json + model.safetensors")
+    checkpoint = read_checkpoint(weights)
+    if config_file.is_file():
+        try:
+            hub_config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{config_file} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        architecture = str(hub_config.get("architecture", "")).split("/")[-1].split(".")[0]
+        checkpoint.variant = checkpoint.variant or architecture or None
+        if hub_config.get("label_names"):
+            checkpoint.metadata["class_names"] = json.dumps(list(hub_config["label_names"]))
+    return checkpoint
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -95,12 +138,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path} contains pickled Python objects beyond plain tensors, which could run code; "
-            "refusing to load it (re-save the weights alone, or convert them with `coat convert` where trusted)"
-        ) from None
     except Exception as err:  # torch.load raises many types on garbage input
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a reference to code, refused
+            raise CheckpointError(
+                f"{path} contains pickled Python objects beyond plain tensors, which could run code; refusing to "
+                "load it (re-save the weights alone, or convert them with `coat convert` where trusted)") from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
                               "it may be truncated or not a checkpoint at all") from None
     if isinstance(obj, Mapping):

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import model_commands, train_commands
+from .commands import model_commands, train_commands, use_commands
+from .train.engine import TrainingError
 
-COMMAND_MODULES = [model_commands, train_commands]
+COMMAND_MODULES = [model_commands, train_commands, use_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +33,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # CheckpointError is a ValueError
-        print(f"coat {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingError) as err:  # CheckpointError, DataError
+        print(f"coat {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coat {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    """The message alone; errors re-raised from DataLoader workers carry the worker's traceback."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(err):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ def train_transform(size: int, scale_min: float, hflip: float, randaugment_magni
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if randaugment_magnitude > 0:
+        # bilinear: torchvision's affine ops on tensors have no bicubic mode
         steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude,
-                                    interpolation=InterpolationMode.BICUBIC))
+                                    interpolation=InterpolationMode.BILINEAR))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if random_erasing > 0:
         steps.append(v2.RandomErasing(random_erasing, value=0))

@@ -63,7 +63,7 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
         """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` and their grid."""
         image_tokens, grid = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), image_tokens), dim=1)
+        x = torch.cat((self.cls_token.expand_as(image_tokens[:, :1]), image_tokens), dim=1)  # [B, 1+H*W, C]
         for block in self.blocks:
             x = run_block(block, self.grad_checkpointing, x, grid, self.cpe, self.crpe)
         return x, grid

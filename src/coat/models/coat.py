@@ -81,7 +81,10 @@ class CoaT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized CLS tokens the head reads: ``[B, 1, C]`` (Lite) or ``[B, 3, C]`` (CoaT)."""
-        tokens, _ = self.forward_tokens(x)
+        return self.head_features(self.forward_tokens(x)[0])
+
+    def head_features(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """``forward_features`` from the four scales' tokens (of ``forward_tokens``)."""
         head_tokens = tokens[-len(self.head_norms):]
         return torch.cat([norm(t[:, :1]) for norm, t in zip(self.head_norms, head_tokens)], dim=1)
 

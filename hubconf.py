@@ -1,0 +1,27 @@
+"""torch.hub entry points: ``torch.hub.load(REPO_DIR, "coat_lite_tiny", source="local", pretrained=PATH)``.
+
+``pretrained`` is any checkpoint the library reads (a file, a Hugging Face style folder, or
+``hf-hub:ORG/NAME`` from the local cache); nothing is downloaded.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from coat import create_model, list_models  # noqa: E402
+
+dependencies = ["torch", "torchvision", "safetensors"]
+
+
+def _entry_point(name):
+    def build(pretrained=None, **kwargs):
+        return create_model(name, pretrained=pretrained, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"CoaT variant {name}; keyword arguments go to coat.create_model."
+    return build
+
+
+for _name in list_models():
+    globals()[_name] = _entry_point(_name)

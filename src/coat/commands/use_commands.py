@@ -1,0 +1,135 @@
+"""``coat predict``, ``coat export``, ``coat explain`` and ``coat bench``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models.config import VARIANTS
+
+
+def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
+    parser.add_argument("--checkpoint", required=required_checkpoint,
+                        help="weights: ours (.safetensors), the authors' .pth, timm's .pth/.safetensors, "
+                             "or a Hugging Face style folder (config.json + model.safetensors)")
+    parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    predict = subparsers.add_parser("predict", help="top-k classes for images, folders or glob patterns")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    _add_model_source(predict, required_checkpoint=True)
+    predict.add_argument("--topk", type=int, default=5)
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--workers", type=int, default=0)
+    predict.add_argument("--input-size", type=int, help="default: the checkpoint's")
+    predict.add_argument("--crop-pct", type=float, help="default: the checkpoint's")
+    fmt = predict.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    fmt.add_argument("--csv", action="store_true", help="print CSV: path, rank, label, index, prob")
+    predict.set_defaults(func=run_predict)
+
+    export = subparsers.add_parser("export", help="export to ONNX (dynamic batch and size), checked with ONNX Runtime")
+    _add_model_source(export)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(func=run_export)
+
+    explain = subparsers.add_parser("explain", help="PNG of the input, per-scale feature energy and Grad-CAM")
+    explain.add_argument("image")
+    _add_model_source(explain, required_checkpoint=True)
+    explain.add_argument("--output", type=Path, help="PNG path (default: IMAGE_explain.png beside the image)")
+    explain.add_argument("--overwrite", action="store_true")
+    explain.set_defaults(func=run_explain)
+
+    bench = subparsers.add_parser("bench", help="images/s and latency: eager/compiled, fp32/bf16, optionally vs timm")
+    bench.add_argument("--model", choices=list(VARIANTS), default="coat_lite_tiny")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--size", type=int, default=224)
+    bench.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager"])
+    bench.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--compare", choices=["timm"], help="run timm's CoaT with the same weights in the same process")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=run_bench)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..inference import find_images, load_for_inference, predict
+
+    loaded = load_for_inference(args.checkpoint, args.model)
+    paths = find_images(args.inputs)
+    results = predict(loaded, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif args.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "index", "prob"])
+        for r in results:
+            for rank, t in enumerate(r["topk"], start=1):
+                writer.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}"])
+        sys.stdout.write(buffer.getvalue())
+    else:
+        width = max(len(r["path"]) for r in results)
+        for r in results:
+            best = ", ".join(f"{t['label']} {t['prob']:.1%}" for t in r["topk"])
+            print(f"{r['path']:<{width}}  {best}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import export_onnx
+    from ..inference import load_for_inference
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    loaded = load_for_inference(args.checkpoint, args.model)
+    diffs = export_onnx(loaded.model, args.output, args.opset)
+    checks = ", ".join(f"{size}: {diff:.1e}" for size, diff in diffs.items())
+    print(f"wrote {args.output} (dynamic batch, height, width; opset {args.opset}); "
+          f"ONNX Runtime vs PyTorch max abs diff {checks}")
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from ..explain import explain
+    from ..inference import load_for_inference
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"{image} does not exist; pass an image file")
+    output = args.output or image.with_name(f"{image.stem}_explain.png")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite or another --output")
+    result = explain(load_for_inference(args.checkpoint, args.model), image, output)
+    print(f"top class {result['label']} ({result['prob']:.1%}); wrote {output}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..bench import benchmark_table
+    from ..train.distributed import pick_device
+
+    rows = benchmark_table(args.model, args.batch_size, args.size, args.modes, args.dtypes, pick_device(args.device),
+                           args.compare, args.warmup, args.repeats)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, {torch.get_num_threads()} CPU threads")
+    print(f"{'impl':<6}{'mode':<10}{'dtype':<7}{'img/s':>9}{'latency ms':>12}{'vs timm':>9}")
+    for r in rows:
+        ratio = f"{r['speedup_vs_timm']:.2f}x" if r.get("speedup_vs_timm") else ""
+        print(f"{r['impl']:<6}{r['mode']:<10}{r['dtype']:<7}{r['images_per_second']:>9.2f}"
+              f"{r['latency_ms']:>12.1f}{ratio:>9}")
+    return 0

@@ -1,0 +1,64 @@
+"""Where the model looks: per-scale feature energy and a Grad-CAM of the top class on scale 4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import atomic_write
+from .data.datasets import load_rgb
+from .inference import LoadedModel, preprocessing
+from .models.layers import tokens_to_nchw
+
+FIGURE_INCHES = (18.0, 3.6)
+FIGURE_DPI = 100  # the PNG is 1800 x 360 pixels
+
+
+def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> dict:
+    """Write the explanation PNG; returns the top class and the PNG path."""
+    model = loaded.model.eval()
+    x = preprocessing(model)(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
+    tokens, grids = model.forward_tokens(x)
+    last = tokens[-1]
+    last.retain_grad()
+    logits = model.forward_head(model.head_features(tokens))  # [1, classes]
+    probs = logits.detach().softmax(-1)[0]
+    top = int(probs.argmax())
+    logits[0, top].backward()
+    with torch.no_grad():
+        maps = [tokens_to_nchw(t, g)[0] for t, g in zip(tokens, grids)]  # [C, h, w] each, strides 4..32
+        energies = [m.norm(dim=0) for m in maps]
+        grad = tokens_to_nchw(last.grad, grids[-1])[0]  # [C, h, w]
+        cam = F.relu((grad.mean(dim=(1, 2))[:, None, None] * maps[-1]).sum(0))
+        cam = cam / cam.max().clamp(min=1e-12)
+    _plot(x[0], model.config.mean, model.config.std, energies, cam, f"{loaded.class_names[top]} ({probs[top]:.1%})",
+          Path(output))
+    return {"label": loaded.class_names[top], "index": top, "prob": float(probs[top]), "output": str(output)}
+
+
+def _plot(image: torch.Tensor, mean, std, energies: list[torch.Tensor], cam: torch.Tensor, title: str,
+          output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb = (image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
+    rgb = rgb.permute(1, 2, 0).numpy()
+    h, w = rgb.shape[:2]
+    fig, axes = plt.subplots(1, 6, figsize=FIGURE_INCHES, dpi=FIGURE_DPI)
+    axes[0].imshow(rgb)
+    axes[0].set_title("input")
+    for i, energy in enumerate(energies):
+        axes[i + 1].imshow(energy.numpy(), cmap="magma")
+        axes[i + 1].set_title(f"scale {i + 1} energy (stride {4 * 2 ** i})")
+    up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    axes[5].imshow(rgb)
+    axes[5].imshow(up.numpy(), cmap="jet", alpha=0.45)
+    axes[5].set_title(f"Grad-CAM: {title}"[:48])
+    for ax in axes:
+        ax.axis("off")
+    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"))
+    plt.close(fig)

@@ -1,0 +1,74 @@
+"""ONNX export with dynamic batch and image size, checked against ONNX Runtime after every export.
+
+Uses PyTorch's ``torch.export``-based ONNX exporter (``dynamo=True``, needs ``onnxscript``): the
+model derives its token grids from the input shape with floor divisions, which ``torch.export``
+keeps symbolic, so one file serves any batch and any H, W >= 32 (square or not, multiple of 32
+or not). The older TorchScript tracer (``dynamo=False``) records those sizes as constants and
+is not used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write
+from .models.coat import CoaT
+
+PARITY_SIZES = ((224, 224), (160, 288))
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    pass
+
+
+def export_onnx(model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARITY_SIZES) -> dict[str, float]:
+    """Write ``model`` as ONNX and return the max abs difference to PyTorch at each check size."""
+    model = model.eval()
+    example = torch.randn(2, 3, 224, 224)
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"x": _dynamic_dims(min_size=32)}, opset_version=opset, dynamo=True,
+                          external_data=False, verbose=False)
+
+    path = atomic_write(path, write)
+    return onnx_parity(model, path, check_sizes)
+
+
+def onnx_parity(model: CoaT, path: str | Path, sizes=PARITY_SIZES, batch: int = 2) -> dict[str, float]:
+    """Run PyTorch and ONNX Runtime on the same random inputs; raise if they differ by 1e-4 or more."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the ONNX parity check needs onnxruntime: pip install 'coat[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs = {}
+    for h, w in sizes:
+        x = torch.randn(batch, 3, h, w)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"images": x.numpy()})[0]
+        diff = float(abs(got - expected).max())
+        diffs[f"{h}x{w}"] = diff
+        if not diff < PARITY_TOLERANCE:
+            raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.2e} at {h}x{w} (limit {PARITY_TOLERANCE})")
+    return diffs
+
+
+def _dynamic_dims(min_size: int) -> dict[int, torch.export.Dim]:
+    dim = torch.export.Dim
+    return {0: dim("batch"), 2: dim("height", min=min_size), 3: dim("width", min=min_size)}
+
+
+def export_program(model: CoaT) -> torch.export.ExportedProgram:
+    """``torch.export`` with dynamic batch, height and width, for H, W >= 64.
+
+    Below 64 pixels scale 4's grid has a side of 1, and ``torch.export`` specialises sizes of 1,
+    so the program (unlike the ONNX file) does not cover 32-63.
+    """
+    dynamic = torch.export.Dim.DYNAMIC  # lets export derive the range (H, W >= 64) from its guards
+    example = torch.randn(2, 3, 224, 224)
+    return torch.export.export(model.eval(), (example,), dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}})

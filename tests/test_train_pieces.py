@@ -1,0 +1,125 @@
+"""The recipe pieces: configuration, optimiser groups, schedule, sampler, transforms, mixing."""
+
+import math
+
+import pytest
+import torch
+import yaml
+
+import coat
+from coat.data.transforms import batch_mixing, eval_transform, train_transform
+from coat.train.config import TrainConfig, resolve, to_yaml
+from coat.train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
+from coat.train.optim import build_optimizer, param_groups, warmup_cosine
+
+
+def test_recipe_defaults_follow_the_data():
+    assert resolve({}).recipe == "small"
+    imagenet = resolve({"data": "/some/folder"})
+    assert imagenet.recipe == "imagenet"
+    assert (imagenet.mixup, imagenet.cutmix, imagenet.label_smoothing, imagenet.ema_decay) == (0.8, 1.0, 0.1, 0.99996)
+    assert (imagenet.warmup_epochs, imagenet.weight_decay, imagenet.repeated_aug, imagenet.drop_path) == (5, 0.05, 3, 0.1)
+
+
+def test_per_variant_imagenet_settings():
+    small = resolve({"data": "d", "model": "coat_small"})
+    assert (small.drop_path, small.warmup_epochs, small.clip_grad) == (0.2, 20, 5.0)
+    medium = resolve({"data": "d", "model": "coat_lite_medium"})
+    assert (medium.drop_path, medium.warmup_epochs) == (0.3, 20)
+
+
+def test_yaml_then_flags_override_recipe(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 7, "lr": 0.01, "hflip": 0.5}))
+    config = resolve({"epochs": 3, "hflip": None}, str(path))
+    assert config.epochs == 3 and config.lr == 0.01 and config.hflip == 0.5
+    assert yaml.safe_load(to_yaml(config))["epochs"] == 3
+
+
+@pytest.mark.parametrize("bad, match", [({"recipe": "fast"}, "unknown recipe"), ({"model": "vit"}, "unknown model"),
+                                        ({"input_size": 16}, "at least 32"), ({"epochs": 0}, "positive")])
+def test_bad_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(bad)
+
+
+def test_unknown_yaml_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="unknown options"):
+        resolve({}, str(path))
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_no_weight_decay_on_norms_biases_cls_tokens(name):
+    model = coat.create_model(name, num_classes=3)
+    decay, no_decay = param_groups(model, 0.05)
+    decayed = {id(p) for p in decay["params"]}
+    for pname, p in model.named_parameters():
+        expect_no_decay = p.ndim <= 1 or pname.endswith("cls_token")
+        assert (id(p) not in decayed) == expect_no_decay, pname
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+def test_warmup_cosine_schedule():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1.0)
+    schedule = warmup_cosine(optimizer, peak_lr=1.0, warmup_lr=0.0, min_lr=0.1, warmup_steps=10, total_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_repeated_augmentation_sampler():
+    ranks = [RepeatedAugSampler(10, DistInfo(r, 3), repeats=3, seed=1) for r in range(3)]
+    for s in ranks:
+        s.set_epoch(2)
+    lists = [list(s) for s in ranks]
+    assert all(len(x) == 4 for x in lists)  # ceil(10 / 3) each
+    # each image's repeats land on different processes: the first 12 slots hold 4 images x 3
+    first = sorted(i for x in lists for i in x)
+    assert len(set(first)) == 4 and all(first.count(i) == 3 for i in set(first))
+    again = RepeatedAugSampler(10, DistInfo(0, 3), repeats=3, seed=1)
+    again.set_epoch(2)
+    assert list(again) == lists[0]
+    single = RepeatedAugSampler(10, DistInfo(), repeats=1)
+    assert sorted(single) == list(range(10))
+
+
+def test_shard_sampler_covers_everything_once():
+    shards = [list(ShardSampler(10, DistInfo(r, 3))) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+def test_transforms_and_mixing():
+    from PIL import Image
+
+    image = Image.new("RGB", (50, 40), (120, 30, 200))
+    t = train_transform(32, 0.08, 0.5, 9, 0.25, (0.5,) * 3, (0.5,) * 3)(image)
+    assert t.shape == (3, 32, 32) and t.dtype == torch.float32
+    e = eval_transform(32, 0.875, (0.5,) * 3, (0.5,) * 3)(image)
+    assert e.shape == (3, 32, 32)
+    mix = batch_mixing(0.8, 1.0, num_classes=4)
+    images, targets = mix(torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
+    assert batch_mixing(0, 0, 4) is None
+
+
+def test_train_config_fields_are_all_flags():
+    from coat.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--epochs", "2", "--no-amp", "--mean", "0.1", "0.2", "0.3"])
+    assert args.epochs == 2 and args.amp is False and args.mean == [0.1, 0.2, 0.3]
+    for name in TrainConfig.__dataclass_fields__:
+        assert hasattr(args, name)
+
+
+def test_optimizer_has_two_groups():
+    optimizer = build_optimizer(coat.create_model("coat_lite_tiny"), 1e-3, 0.05)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]

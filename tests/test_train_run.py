@@ -1,0 +1,210 @@
+"""End-to-end `coat train` / `coat eval`: outputs, DDP equivalence, kill-and-resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_reference import make_batch, make_model
+from safetensors.torch import load_file
+
+import coat
+from coat.cli import main
+from coat.train.engine import train_step
+from coat.train.optim import build_optimizer
+
+TINY = ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "8", "--workers", "0", "--recipe", "small",
+        "--lr", "1e-3", "--warmup-epochs", "0.5"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coat.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY,
+                 "--ema-decay", "0.9"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("best_top1", "final_top1", "epochs", "images_per_second", "model", "checkpoint"):
+        assert key in summary
+    assert summary["epochs"] == 3 and 0 <= summary["final_top1"] <= 100
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and "val_ema_top1" in records[0]
+    for plot in ("loss", "accuracy", "lr"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert list((out / "tensorboard").iterdir())
+    assert (out / "config.yaml").exists()
+    stdout = capsys.readouterr().err + capsys.readouterr().out
+    best = coat.read_checkpoint(out / "best.safetensors")
+    assert json.loads(best.metadata["class_names"]) == ["circle", "square", "stripes"]
+    assert best.config.input_size == 32 and best.config.num_classes == 3
+    del stdout
+
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder),
+                 "--workers", "0"]) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["images"] == 12 and set(results["per_class_accuracy"]) == {"circle", "square", "stripes"}
+    assert results["top1"] == pytest.approx(summary["best_top1"])
+    assert (out / "eval" / "confusion.png").stat().st_size > 1000
+    # results are never overwritten silently
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder)]) == 2
+
+
+def test_ddp_step_equals_single_process_double_batch(tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29517", str(Path(__file__).parent / "ddp_step_worker.py"),
+                             str(out), "4"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ddp = load_file(str(out))
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, targets = make_batch(8)
+    train_step(model, images, targets, build_optimizer(model, lr=1e-4, weight_decay=0.05), label_smoothing=0.1)
+    moved = 0
+    for name, value in model.state_dict().items():
+        assert (ddp[name] - value).abs().max().item() < 1e-5, name
+        moved += not torch.equal(value, before[name])
+    assert moved > 100  # the step really changed the weights
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
+    args = ["--data", str(image_folder), "--epochs", "3", *TINY]
+    straight = tmp_path / "straight"
+    assert run_cli("train", "--output", str(straight), *args).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(x)["epoch"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert done and done[-1] < 3, "the run finished before it could be killed"
+    resumed = run_cli("train", "--output", str(killed), "--resume", "auto", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stderr + resumed.stdout
+
+    def metrics(run):
+        return [{k: v for k, v in json.loads(x).items() if "second" not in k}
+                for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = metrics(straight), metrics(killed)
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), (ra["epoch"], key)
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (straight, killed))
+    assert sa["best_top1"] == sb["best_top1"] and sa["final_top1"] == sb["final_top1"]
+
+
+# ---------------------------------------------------------------------------- bad input
+def _one_line_exit_2(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("coat ")]
+    assert lines and "Traceback" not in result.stderr, result.stderr[-1500:]
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_missing_data_folder(tmp_path):
+    _one_line_exit_2(run_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY),
+                     "does not exist")
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "d" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "val" / "a").mkdir(parents=True)
+    _one_line_exit_2(run_cli("train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), *TINY),
+                     "no images")
+
+
+def test_class_mismatch(image_folder, tmp_path):
+    (image_folder / "val" / "stripes").rename(image_folder / "val" / "zigzag")
+    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY),
+                     "classes differ", "zigzag")
+
+
+def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
+    bad = image_folder / "train" / "square" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1",
+                             *TINY), str(bad))
+    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o2"), "--epochs", "1",
+                 "--skip-corrupt", *TINY]) == 0
+    record = json.loads((tmp_path / "o2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["skipped_images"] >= 1
+
+
+def test_existing_run_is_not_overwritten(image_folder, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    (out / "notes.txt").write_text("mine")
+    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(out), *TINY), "--overwrite")
+    assert (out / "metrics.jsonl").read_text() == "{}\n"
+    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "1", "--overwrite",
+                 *TINY]) == 0
+    assert (out / "notes.txt").read_text() == "mine"  # only run files are replaced
+
+
+def test_pretrained_of_another_variant(image_folder, official_checkpoint, tmp_path):
+    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"),
+                             "--pretrained", str(official_checkpoint("coat_tiny")), *TINY), "does not fit")
+
+
+def test_fine_tune_from_pretrained_reinitialises_head(image_folder, official_checkpoint, tmp_path):
+    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1",
+                 "--pretrained", str(official_checkpoint("coat_lite_tiny")), *TINY]) == 0
+    assert coat.load_model(tmp_path / "o" / "best.safetensors").head.weight.shape == (3, 320)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path, monkeypatch, capsys):
+    import coat.train.engine as engine
+
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def step_turning_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_step(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss  # epoch 2 (3 steps per epoch), step 2
+
+    monkeypatch.setattr(engine, "train_step", step_turning_nan)
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "nan at epoch 2, step 2" in err and "last.pt" in err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_coat_train_under_torchrun_two_processes(image_folder, tmp_path):
+    out = tmp_path / "ddp_run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29518", "-m", "coat.cli", "train", "--data", str(image_folder),
+                             "--output", str(out), "--epochs", "2", "--repeated-aug", "2", *TINY],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0
+    # the metrics reduced over the two processes equal a single-process evaluation of the same weights
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder),
+                 "--workers", "0", "--output", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])

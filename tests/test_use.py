@@ -1,0 +1,184 @@
+"""`coat predict | export | explain | bench`, torch.hub and Hugging Face style folders."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import coat
+from coat.cli import main
+from coat.export import export_onnx, onnx_parity
+from fixture_weights import official_state_dict
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A 3-class checkpoint saved by the library, class names in its metadata."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    torch.manual_seed(0)
+    model = coat.create_model("coat_lite_tiny", num_classes=3, input_size=64, crop_pct=1.0)
+    coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(CLASSES)})
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i, size in enumerate([(70, 50), (64, 64), (33, 90)]):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(folder / f"{i}.png")
+    Image.new("L", (80, 80), 128).save(folder / "sub" / "gray.jpg")
+    return folder
+
+
+def test_predict_json_with_class_names(trained_checkpoint, images, capsys):
+    assert main(["predict", str(images), "--checkpoint", str(trained_checkpoint), "--json", "--topk", "2"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 4 and results[-1]["path"].endswith("gray.jpg")
+    for r in results:
+        assert len(r["topk"]) == 2 and {t["label"] for t in r["topk"]} <= set(CLASSES)
+        assert r["topk"][0]["prob"] >= r["topk"][1]["prob"]
+        assert CLASSES[r["topk"][0]["index"]] == r["topk"][0]["label"]
+
+
+def test_predict_matches_the_model(trained_checkpoint, images, capsys):
+    model = coat.load_model(trained_checkpoint).eval()
+    from coat.inference import preprocessing
+
+    x = preprocessing(model)(Image.open(images / "1.png").convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        expected = model(x).softmax(-1)[0]
+    main(["predict", str(images / "1.png"), "--checkpoint", str(trained_checkpoint), "--json", "--topk", "3"])
+    result = json.loads(capsys.readouterr().out)[0]
+    for t in result["topk"]:
+        assert t["prob"] == pytest.approx(expected[t["index"]].item(), abs=1e-6)
+
+
+def test_predict_csv_table_and_glob(trained_checkpoint, images, capsys):
+    assert main(["predict", str(images / "*.png"), "--checkpoint", str(trained_checkpoint), "--csv", "--topk", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,rank,label,index,prob" and len(lines) == 4
+    assert main(["predict", str(images / "0.png"), "--checkpoint", str(trained_checkpoint)]) == 0
+    assert "0.png" in capsys.readouterr().out
+
+
+def test_thousand_class_checkpoint_gets_imagenet_names(official_checkpoint, images, capsys):
+    assert main(["predict", str(images / "0.png"), "--checkpoint", str(official_checkpoint("coat_lite_tiny")),
+                 "--json"]) == 0
+    labels = {t["label"] for t in json.loads(capsys.readouterr().out)[0]["topk"]}
+    names = coat.inference.imagenet_class_names()
+    assert len(names) == 1000 and names[0] == "tench" and labels <= set(names)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["missing.png"], "does not exist"),
+    (["notes.png"], "cannot read image"),
+])
+def test_predict_bad_input(trained_checkpoint, tmp_path, args, needle):
+    (tmp_path / "notes.png").write_text("not an image")
+    result = subprocess.run([sys.executable, "-m", "coat.cli", "predict", *[str(tmp_path / a) for a in args],
+                             "--checkpoint", str(trained_checkpoint)], capture_output=True, text=True)
+    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_wrong_checkpoint(images, tmp_path, capsys):
+    bad = tmp_path / "x.pth"
+    bad.write_text("nope")
+    assert main(["predict", str(images), "--checkpoint", str(bad)]) == 2
+    assert "not a readable" in capsys.readouterr().err
+
+
+def test_export_cli_onnx_parity(trained_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(trained_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
+    assert "max abs diff 224x224" in capsys.readouterr().out
+    assert out.stat().st_size > 20_000_000 and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # weights inside
+    # one file serves other batch sizes and sizes that are not multiples of 32
+    others = onnx_parity(coat.load_model(trained_checkpoint), out, sizes=[(96, 160), (33, 47)], batch=3)
+    assert all(d < 1e-4 for d in others.values())
+    assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(out)]) == 2  # no silent overwrite
+
+
+def test_onnx_export_parallel_blocks(tmp_path):
+    """The co-scale path (resizing between scales) in ONNX, on a small CoaT to keep the export quick."""
+    pytest.importorskip("onnxruntime")
+    config = coat.CoaTConfig(embed_dims=(32, 48, 48, 48), serial_depths=(1, 1, 1, 1), parallel_depth=1,
+                             mlp_ratios=(2, 2, 2, 2), num_classes=5)
+    model = coat.CoaT(config)
+    diffs = export_onnx(model, tmp_path / "m.onnx")
+    assert len(diffs) == 2 and all(d < 1e-4 for d in diffs.values())
+    assert onnx_parity(model, tmp_path / "m.onnx", sizes=[(33, 47)], batch=1)["33x47"] < 1e-4
+
+
+def test_torch_export_dynamic_shapes():
+    from coat.export import export_program
+
+    model = coat.create_model("coat_lite_tiny", num_classes=4).eval()
+    program = export_program(model)
+    for x in (torch.randn(3, 3, 64, 96), torch.randn(1, 3, 65, 250)):
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x), model(x), atol=1e-4)
+
+
+def test_explain_writes_png_of_expected_size(trained_checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "why.png"
+    assert main(["explain", str(images / "0.png"), "--checkpoint", str(trained_checkpoint), "--output", str(out)]) == 0
+    assert "top class" in capsys.readouterr().out
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size == (1800, 360)
+    assert main(["explain", str(images / "nope.png"), "--checkpoint", str(trained_checkpoint)]) == 2
+
+
+def test_bench_cli_with_timm(capsys):
+    pytest.importorskip("timm")
+    assert main(["bench", "--model", "coat_lite_tiny", "--batch-size", "1", "--size", "64", "--warmup", "0",
+                 "--repeats", "1", "--compare", "timm", "--dtypes", "fp32", "bf16", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["impl"], r["dtype"]) for r in rows} == {("coat", "fp32"), ("timm", "fp32"), ("coat", "bf16"),
+                                                       ("timm", "bf16")}
+    assert all(r["images_per_second"] > 0 for r in rows)
+    assert all("speedup_vs_timm" in r for r in rows if r["impl"] == "coat")
+
+
+def test_torch_hub_local():
+    repo = Path(__file__).resolve().parents[1]
+    model = torch.hub.load(str(repo), "coat_tiny", source="local", num_classes=3)
+    assert isinstance(model, coat.CoaT) and model.config.num_classes == 3
+
+
+def _hub_folder(folder: Path, with_names: bool) -> Path:
+    folder.mkdir(parents=True)
+    state = {k: v.clone() for k, v in official_state_dict("coat_lite_tiny").items()
+             if k.split(".")[0] not in ("norm1", "norm2", "norm3")}
+    save_file(state, str(folder / "model.safetensors"))
+    config = {"architecture": "coat_lite_tiny", "num_classes": 1000}
+    if with_names:
+        config["label_names"] = [f"class{i}" for i in range(1000)]
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_hugging_face_folder_and_cache(tmp_path, monkeypatch, images, capsys):
+    folder = _hub_folder(tmp_path / "plain", with_names=True)
+    assert main(["predict", str(images / "0.png"), "--checkpoint", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["topk"][0]["label"].startswith("class")
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--timm--coat_lite_tiny.in1k" / "snapshots" / "abc123"
+    _hub_folder(snapshot, with_names=False)
+    (cache / "models--timm--coat_lite_tiny.in1k" / "refs").mkdir()
+    (cache / "models--timm--coat_lite_tiny.in1k" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    model = coat.create_model("coat_lite_tiny", pretrained="hf-hub:timm/coat_lite_tiny.in1k")
+    reference = coat.create_model("coat_lite_tiny", pretrained=folder)
+    assert torch.equal(model.head.weight, reference.head.weight)
+    with pytest.raises(coat.CheckpointError, match="not in the local Hugging Face cache"):
+        coat.read_checkpoint("hf-hub:timm/coat_mini.in1k")
