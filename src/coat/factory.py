@@ -68,8 +68,11 @@ def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -
     if checkpoint.num_classes != model.config.num_classes:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-        logger.warning("re-initialised the classifier of %s: the file has %d classes, the model %d",
-                       name, checkpoint.num_classes, model.config.num_classes)
+        if model.config.num_classes:
+            logger.warning("re-initialised the classifier of %s: the file has %d classes, the model %d",
+                           name, checkpoint.num_classes, model.config.num_classes)
+        else:
+            logger.info("dropped the %d-class classifier of %s (num_classes=0)", checkpoint.num_classes, name)
     for note in checkpoint.notes:
         logger.debug("%s: %s", source, note)
     load_state_into(model, state, source=f"{source} ({checkpoint.source_format} format)")

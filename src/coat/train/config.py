@@ -71,9 +71,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # From scratch on a few thousand low-resolution images (the embedded default): small input,
     # no mixing/erasing/flip (digits are not mirror-symmetric), short warm-up, no EMA.
     "small": {
-        "epochs": 12, "batch_size": 64, "input_size": 32, "lr": 2e-3, "warmup_epochs": 1, "min_lr": 1e-5,
+        "epochs": 10, "batch_size": 64, "input_size": 32, "lr": 3e-3, "warmup_epochs": 1, "min_lr": 1e-5,
         "weight_decay": 0.05, "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "randaugment_magnitude": 0,
-        "random_erasing": 0.0, "hflip": 0.0, "scale_min": 0.6, "repeated_aug": 1, "ema_decay": 0.0,
+        "random_erasing": 0.0, "hflip": 0.0, "scale_min": 0.8, "repeated_aug": 1, "ema_decay": 0.0,
         "drop_path": 0.0, "crop_pct": 1.0, "amp": False, "workers": 0,
     },
 }
