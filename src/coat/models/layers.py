@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Grid = tuple[int, int]
+SLICED_HEADS_MIN_TOKENS = 1024  # 56x56 (stage 1 at 224) uses slices; 28x28 and smaller use einsum
 
 
 def tokens_to_nchw(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -80,10 +81,10 @@ class FactorizedAttention(nn.Module):
     """Factorized attention ``scale * q @ (softmax_over_tokens(k)^T @ v)`` plus CRPE.
 
     Split into ``project_qkv`` / ``context`` / ``attend`` so that co-scale attention can combine
-    contexts computed from other scales' keys and values. In inference, heads are slices of the
-    channels of the ``[B, N, C]`` projections (strided views that BLAS reads directly), so no
-    permuted copies of q, k or v are made; with autograd on, batched einsums are faster to
-    differentiate. Both give the same numbers.
+    contexts computed from other scales' keys and values. In inference on long sequences, heads
+    are slices of the channels of the ``[B, N, C]`` projections (strided views that BLAS reads
+    directly), so no permuted copies of q, k or v are made; elsewhere batched einsums are faster.
+    Both give the same numbers.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -107,7 +108,7 @@ class FactorizedAttention(nn.Module):
         The attention scale is applied to the small context instead of the ``[B, N, C]`` output.
         """
         weights = k.softmax(dim=1)  # [B, N, C], over tokens
-        if torch.is_grad_enabled():  # batched heads: fewer ops to differentiate
+        if not self._heads_as_slices(k):
             return torch.einsum("bnhk,bnhv->bhkv", self._split_heads(weights), self._split_heads(v)) * self.scale
         context = torch.stack([weights[:, :, s].transpose(1, 2) @ v[:, :, s] for s in self._head_slices(k.shape[-1])],
                               dim=1)  # [B, h, d, d]
@@ -117,9 +118,9 @@ class FactorizedAttention(nn.Module):
         self, q: torch.Tensor, context: torch.Tensor, v: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc
     ) -> torch.Tensor:
         """Queries read the context, plus CRPE on image tokens (zero for CLS), then ``proj``."""
-        if torch.is_grad_enabled():
+        if not self._heads_as_slices(q):
             out = torch.einsum("bnhk,bhkv->bnhv", self._split_heads(q), context).flatten(2)  # [B, N, C]
-        else:  # inference: BLAS reads each head's channels in place, no permuted copies
+        else:  # BLAS reads each head's channels in place, no permuted copies
             heads = self._head_slices(q.shape[-1])
             out = torch.cat([q[:, :, s] @ context[:, i] for i, s in enumerate(heads)], dim=-1)  # [B, N, C]
         encoded_v = crpe(v[:, 1:], grid)  # [B, H*W, C]
@@ -128,6 +129,12 @@ class FactorizedAttention(nn.Module):
         else:
             out[:, 1:].addcmul_(q[:, 1:], encoded_v)  # in place: one pass less
         return self.proj(out)
+
+    @staticmethod
+    def _heads_as_slices(x: torch.Tensor) -> bool:
+        """Per-head slices pay off in inference on long token sequences; batched einsums elsewhere
+        (fewer ops to differentiate, fewer launches on short sequences). See BENCHMARKS.md."""
+        return not torch.is_grad_enabled() and x.shape[1] >= SLICED_HEADS_MIN_TOKENS
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1))  # [B, N, C] -> [B, N, h, d]
