@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
-    print(f"| model | batch | ours img/s | timm img/s | speed-up |\n|---|---|---|---|---|")
+    print("| model | batch | ours img/s | timm img/s | speed-up |\n|---|---|---|---|---|")
     x = torch.randn(args.batch_size, 3, args.size, args.size)
     for name in args.models:
         ours, peer = timm_pair(name, img_size=args.size)

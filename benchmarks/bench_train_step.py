@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"| model | batch | size | ours ms/step | timm ms/step | speed-up |\n|---|---|---|---|---|---|")
+    print("| model | batch | size | ours ms/step | timm ms/step | speed-up |\n|---|---|---|---|---|---|")
     x = torch.randn(args.batch_size, 3, args.size, args.size)
     y = torch.randint(0, 1000, (args.batch_size,))
     for name in args.models:

@@ -208,3 +208,10 @@ def test_coat_train_under_torchrun_two_processes(image_folder, tmp_path):
                  "--workers", "0", "--output", str(tmp_path / "eval")]) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
+
+
+def test_amp_bf16_on_cpu(image_folder, tmp_path):
+    out = tmp_path / "amp"
+    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "1", "--amp", *TINY]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["val_loss"] == record["val_loss"] and 0 <= record["val_top1"] <= 100  # finite

@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.datasets import collate_skipping_none, eval_split
-from ..data.transforms import eval_transform
-from ..factory import create_model, load_model
+from ..inference import load_for_inference, preprocessing
 from ..models.config import VARIANTS
 from ..train.config import RECIPES, TrainConfig, resolve
 from ..train.distributed import pick_device
@@ -81,18 +80,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_checkpoint
-
-    checkpoint = read_checkpoint(args.checkpoint)
-    if checkpoint.config is not None:
-        model = load_model(args.checkpoint)
-    elif args.model:
-        model = create_model(args.model, pretrained=args.checkpoint)
-    else:
-        raise ValueError(f"{args.checkpoint} carries no config; pass --model NAME")
-    cfg = model.config
-    class_names = json.loads(checkpoint.metadata.get("class_names", "null")) or [str(i) for i in range(cfg.num_classes)]
-    transform = eval_transform(args.input_size or cfg.input_size, args.crop_pct or cfg.crop_pct, cfg.mean, cfg.std)
+    loaded = load_for_inference(args.checkpoint, args.model)
+    model, class_names, cfg = loaded.model, loaded.class_names, loaded.model.config
+    transform = preprocessing(model, args.input_size, args.crop_pct)
     dataset = eval_split(args.data, transform, args.skip_corrupt)
     if hasattr(dataset, "classes") and len(dataset.classes) != cfg.num_classes:
         raise ValueError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "

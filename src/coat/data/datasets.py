@@ -48,7 +48,7 @@ class FolderSplit(Dataset):
     def __init__(self, root: Path, transform: Callable | None = None, skip_corrupt: bool = False) -> None:
         try:
             self.folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=False)
-        except (FileNotFoundError, RuntimeError) as err:
+        except (FileNotFoundError, RuntimeError):
             raise DataError(f"no images in {root}: expected {root}/<class>/<image> files "
                             f"({', '.join(IMG_EXTENSIONS[:5])}, ...)") from None
         self.classes: list[str] = self.folder.classes

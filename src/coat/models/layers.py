@@ -10,7 +10,6 @@ convolutions consume.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 Grid = tuple[int, int]
