@@ -1,4 +1,8 @@
-"""Where the model looks: per-scale feature energy and a Grad-CAM of the top class on scale 4."""
+"""Where the model looks: per-scale feature energy and a Grad-CAM of the top class.
+
+Grad-CAM uses scale 4 (stride 32), or the coarsest scale whose grid is at least 2x2 when the
+input is so small that scale 4 is a single token (e.g. 32x32 models).
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
     model = loaded.model.eval()
     x = preprocessing(model)(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
     tokens, grids = model.forward_tokens(x)
-    last = tokens[-1]
-    last.retain_grad()
+    cam_scale = max((i for i, (h, w) in enumerate(grids) if min(h, w) >= 2), default=0)
+    tokens[cam_scale].retain_grad()
     logits = model.forward_head(model.head_features(tokens))  # [1, classes]
     probs = logits.detach().softmax(-1)[0]
     top = int(probs.argmax())
@@ -30,11 +34,11 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
     with torch.no_grad():
         maps = [tokens_to_nchw(t, g)[0] for t, g in zip(tokens, grids)]  # [C, h, w] each, strides 4..32
         energies = [m.norm(dim=0) for m in maps]
-        grad = tokens_to_nchw(last.grad, grids[-1])[0]  # [C, h, w]
-        cam = F.relu((grad.mean(dim=(1, 2))[:, None, None] * maps[-1]).sum(0))
+        grad = tokens_to_nchw(tokens[cam_scale].grad, grids[cam_scale])[0]  # [C, h, w]
+        cam = F.relu((grad.mean(dim=(1, 2))[:, None, None] * maps[cam_scale]).sum(0))
         cam = cam / cam.max().clamp(min=1e-12)
-    _plot(x[0], model.config.mean, model.config.std, energies, cam, f"{loaded.class_names[top]} ({probs[top]:.1%})",
-          Path(output))
+    _plot(x[0], model.config.mean, model.config.std, energies, cam,
+          f"{loaded.class_names[top]} ({probs[top]:.1%}), scale {cam_scale + 1}", Path(output))
     return {"label": loaded.class_names[top], "index": top, "prob": float(probs[top]), "output": str(output)}
 
 
