@@ -59,10 +59,6 @@ class TrainConfig:
     skip_corrupt: bool = False
     log_interval: int = 20
 
-    @property
-    def schedule_lr(self) -> float:
-        return self.lr if self.lr is not None else self.base_lr
-
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The authors' ImageNet recipe (DESIGN.md §5). RandAugment m9: torchvision's has no

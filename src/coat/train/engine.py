@@ -187,7 +187,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
     _, val_set, classes, train_loader, val_loader = build_data(config, info)
     model = build_model(config, len(classes)).to(device)
-    peak_lr = config.schedule_lr if config.lr is not None else config.base_lr * config.batch_size * info.world_size / 512
+    peak_lr = config.lr if config.lr is not None else config.base_lr * config.batch_size * info.world_size / 512
     optimizer = build_optimizer(model, peak_lr, config.weight_decay)
     steps_per_epoch = len(train_loader)
     scheduler = warmup_cosine(optimizer, peak_lr, config.warmup_lr, config.min_lr,
