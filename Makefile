@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
