@@ -43,6 +43,7 @@ class Checkpoint:
     variant: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what conversion changed
+    path: str = ""  # where it was read from, for messages
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +58,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     ``path`` is a file, a Hugging Face style folder (``config.json`` + ``model.safetensors``), or
     ``hf-hub:ORG/NAME`` looked up in the local Hugging Face cache (never downloaded).
     """
+    checkpoint = _read(path)
+    checkpoint.path = str(path)
+    return checkpoint
+
+
+def _read(path: str | os.PathLike) -> Checkpoint:
     if str(path).startswith(HUB_PREFIX):
         path = local_hub_snapshot(str(path)[len(HUB_PREFIX):])
     path = Path(path)

@@ -33,33 +33,35 @@ def variant_config(name: str, **overrides: Any) -> CoaTConfig:
 
 
 def create_model(
-    name: str, pretrained: str | os.PathLike | None = None, num_classes: int | None = None, **overrides: Any
+    name: str, pretrained: str | os.PathLike | Checkpoint | None = None, num_classes: int | None = None,
+    **overrides: Any
 ) -> CoaT:
-    """Build variant ``name``; with ``pretrained``, load weights from any readable checkpoint.
+    """Build variant ``name``; with ``pretrained``, load weights from any readable checkpoint (a path,
+    or a ``Checkpoint`` already read with ``read_checkpoint``).
 
     ``num_classes`` defaults to the checkpoint's (or 1000); a different value re-initialises the
     classifier and logs that it did.
     """
-    checkpoint = read_checkpoint(pretrained) if pretrained is not None else None
+    checkpoint = pretrained if isinstance(pretrained, Checkpoint) or pretrained is None else read_checkpoint(pretrained)
     file_classes = checkpoint.num_classes if checkpoint else None
     if num_classes is None:
         num_classes = file_classes or VARIANTS.get(name, VARIANTS["coat_lite_tiny"]).config.num_classes
     model = CoaT(variant_config(name, num_classes=num_classes, **overrides))
     model.variant = name
     if checkpoint is not None:
-        _load_weights(model, checkpoint, name, str(pretrained))
+        _load_weights(model, checkpoint, name, checkpoint.path)
     return model
 
 
-def load_model(path: str | os.PathLike, **overrides: Any) -> CoaT:
+def load_model(path: str | os.PathLike | Checkpoint, **overrides: Any) -> CoaT:
     """Rebuild a model from one of our own checkpoint files alone (config from its metadata)."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     if checkpoint.config is None:
-        raise CheckpointError(f"{path} carries no model config; use create_model(NAME, pretrained={str(path)!r}) "
-                              "or `coat convert` it first")
+        raise CheckpointError(f"{checkpoint.path} carries no model config; use create_model(NAME, "
+                              f"pretrained={checkpoint.path!r}) or `coat convert` it first")
     model = CoaT(dataclasses.replace(checkpoint.config, **overrides))
     model.variant = checkpoint.variant
-    _load_weights(model, checkpoint, checkpoint.variant or "model", str(path))
+    _load_weights(model, checkpoint, checkpoint.variant or "model", checkpoint.path)
     return model
 
 

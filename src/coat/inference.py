@@ -46,9 +46,9 @@ def load_for_inference(checkpoint: str | None, model_name: str | None = None) ->
         return LoadedModel(model.eval(), default_class_names(model.config.num_classes), f"{model_name} (random init)")
     ckpt = read_checkpoint(checkpoint)
     if ckpt.config is not None and model_name is None:
-        model = load_model(checkpoint)
+        model = load_model(ckpt)
     else:
-        model = create_model(model_name or ckpt.variant or infer_variant(ckpt.state_dict), pretrained=checkpoint)
+        model = create_model(model_name or ckpt.variant or infer_variant(ckpt.state_dict), pretrained=ckpt)
     names = json.loads(ckpt.metadata["class_names"]) if "class_names" in ckpt.metadata else None
     if names is not None and len(names) != model.config.num_classes:
         raise DataError(f"{checkpoint} lists {len(names)} class names for {model.config.num_classes} outputs")

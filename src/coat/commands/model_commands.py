@@ -73,7 +73,7 @@ def run_convert(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
     checkpoint = read_checkpoint(args.src)
     name = args.model or checkpoint.variant or infer_variant(checkpoint.state_dict)
-    model = create_model(name, pretrained=args.src)
+    model = create_model(name, pretrained=checkpoint)
     save_checkpoint(model, args.dst, variant=name)
     notes = "; ".join(checkpoint.notes) or "no key changes"
     print(f"converted {args.src} ({checkpoint.source_format} format, {name}) -> {args.dst}: {notes}")

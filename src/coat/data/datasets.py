@@ -68,10 +68,6 @@ class FolderSplit(Dataset):
             raise
         return (self.transform(image) if self.transform else image), target
 
-    @property
-    def targets(self) -> list[int]:
-        return [t for _, t in self.folder.samples]
-
 
 class ArrayImages(Dataset):
     """In-memory grayscale images ``[N, H, W]`` uint8 served as RGB PIL images."""
