@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from coat.train.distributed import init_distributed
-from coat.train.engine import train_step
+from coat.train.classify import train_step
 from coat.train.optim import build_optimizer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -23,7 +23,7 @@ def main() -> None:
     model = make_model()
     images, targets = make_batch(2 * per_process)
     mine = slice(info.rank * per_process, (info.rank + 1) * per_process)
-    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # built on the bare model, as the engine does
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # built on the bare model, as the training loop does
     train_step(DistributedDataParallel(model), images[mine], targets[mine], optimizer, label_smoothing=0.1)
     if info.rank == 0:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)

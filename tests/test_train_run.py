@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import coat
 from coat.cli import main
-from coat.train.engine import train_step
+from coat.train.classify import train_step
 from coat.train.optim import build_optimizer
 
 TINY = ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "8", "--workers", "0", "--recipe", "small",
@@ -171,17 +171,17 @@ def test_fine_tune_from_pretrained_reinitialises_head(image_folder, official_che
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path, monkeypatch, capsys):
-    import coat.train.engine as engine
+    from coat.train.classify import ClassificationTask
 
-    real_step = engine.train_step
+    real_loss = ClassificationTask.batch_loss
     calls = {"n": 0}
 
-    def step_turning_nan(*args, **kwargs):
+    def loss_turning_nan(*args, **kwargs):
         calls["n"] += 1
-        loss = real_step(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 5 else loss  # epoch 2 (3 steps per epoch), step 2
+        loss, count = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 5 else loss), count  # epoch 2 (3 steps per epoch), step 2
 
-    monkeypatch.setattr(engine, "train_step", step_turning_nan)
+    monkeypatch.setattr(ClassificationTask, "batch_loss", loss_turning_nan)
     out = tmp_path / "o"
     assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY]) == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import model_commands, train_commands, use_commands
-from .train.engine import TrainingError
+from .train.loop import TrainingError
 
 COMMAND_MODULES = [model_commands, train_commands, use_commands]
 

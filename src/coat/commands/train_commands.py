@@ -15,7 +15,7 @@ from ..inference import load_for_inference, preprocessing
 from ..models.config import VARIANTS
 from ..train.config import RECIPES, TrainConfig, resolve
 from ..train.distributed import pick_device
-from ..train.engine import evaluate, fit
+from ..train.classify import evaluate, fit
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",

@@ -18,34 +18,19 @@ from ..models.config import VARIANTS
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training task shares: the model, the loop, the optimiser, checkpoints, devices."""
+
     model: str = "coat_lite_tiny"
-    data: str | None = None  # None: the embedded data set
     output: str = "runs/train"
-    recipe: str = "imagenet"
+    recipe: str = ""
     epochs: int = 300
     batch_size: int = 128  # per process
-    input_size: int = 224
-    lr: float | None = None  # peak learning rate; None: base_lr * global_batch / 512
-    base_lr: float = 5e-4
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: float = 5
+    lr: float | None = None  # peak learning rate; None: the task's default
     weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    randaugment_magnitude: int = 9
-    random_erasing: float = 0.25
-    hflip: float = 0.5
-    scale_min: float = 0.08  # RandomResizedCrop's smallest area fraction
-    repeated_aug: int = 3
-    ema_decay: float = 0.99996  # 0: no EMA
+    ema_decay: float = 0.0  # 0: no EMA
     clip_grad: float = 0.0  # max gradient norm; 0: off
     drop_path: float | None = None  # None: the recipe's per-variant value
-    crop_pct: float = 0.875
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     amp: bool = True  # bf16 on CPU, fp16 (with loss scaling) or --amp-dtype bf16 on CUDA
     amp_dtype: str = "auto"
     compile: bool = False
@@ -58,6 +43,31 @@ class TrainConfig:
     overwrite: bool = False
     skip_corrupt: bool = False
     log_interval: int = 20
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Image classification (``coat train``)."""
+
+    data: str | None = None  # None: the embedded data set
+    recipe: str = "imagenet"
+    input_size: int = 224
+    base_lr: float = 5e-4  # peak lr = base_lr * global batch / 512 unless --lr is given
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 5
+    label_smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.25
+    hflip: float = 0.5
+    scale_min: float = 0.08  # RandomResizedCrop's smallest area fraction
+    repeated_aug: int = 3
+    ema_decay: float = 0.99996
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -83,11 +93,11 @@ _IMAGENET_VARIANT = {
 }
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+def field_names(cls: type[RunConfig] = TrainConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -97,22 +107,35 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
-    unknown = sorted(set(values) - set(field_names()))
+    unknown = sorted(set(values) - set(field_names(cls)))
     if unknown:
-        raise ValueError(f"config file {path} has unknown options {unknown}; see `coat train --help`")
+        raise ValueError(f"config file {path} has unknown options {unknown}; see the command's --help")
     return values
+
+
+def given_options(cli: dict[str, Any], yaml_path: str | None, cls: type[RunConfig]) -> dict[str, Any]:
+    """The options the user set: the YAML file's, overridden by flags (``None`` = flag not given)."""
+    return {**(load_yaml(yaml_path, cls) if yaml_path else {}), **{k: v for k, v in cli.items() if v is not None}}
+
+
+def check_model(given: dict[str, Any], default: str) -> str:
+    model = given.get("model", default)
+    if model not in VARIANTS:
+        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(VARIANTS)}")
+    return model
+
+
+def check_recipe(recipe: str, recipes: dict[str, dict[str, Any]]) -> None:
+    if recipe not in recipes:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(recipes)}")
 
 
 def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
     """Combine recipe, YAML file and flags (``None`` values in ``cli`` mean "not given")."""
-    given = {**(load_yaml(yaml_path) if yaml_path else {}), **{k: v for k, v in cli.items() if v is not None}}
-    default_recipe = "imagenet" if given.get("data") else "small"
-    recipe = given.get("recipe", default_recipe)
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    model = given.get("model", TrainConfig.model)
-    if model not in VARIANTS:
-        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(VARIANTS)}")
+    given = given_options(cli, yaml_path, TrainConfig)
+    recipe = given.get("recipe", "imagenet" if given.get("data") else "small")
+    check_recipe(recipe, RECIPES)
+    model = check_model(given, TrainConfig.model)
     values: dict[str, Any] = {}
     if recipe == "imagenet":
         values["drop_path"] = 0.1
@@ -124,25 +147,27 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
         if name in values:
             values[name] = tuple(values[name])
     config = TrainConfig(**values)
-    _validate(config)
+    validate(config, [
+        (config.input_size >= 32, "--input-size must be at least 32 (CoaT's minimum)"),
+        (config.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
+    ])
     return config
 
 
-def _validate(config: TrainConfig) -> None:
+def validate(config: RunConfig, task_checks: list[tuple[bool, str]]) -> None:
+    """The shared checks, then the task's; the first failure is raised as one line."""
     checks = [
         (config.epochs > 0, "--epochs must be positive"),
         (config.batch_size > 0, "--batch-size must be positive"),
-        (config.input_size >= 32, "--input-size must be at least 32 (CoaT's minimum)"),
-        (config.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
         (0 <= config.ema_decay < 1, "--ema-decay must be in [0, 1)"),
         (config.amp_dtype in ("auto", "bf16", "fp16"), "--amp-dtype must be auto, bf16 or fp16"),
+        *task_checks,
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
 
 
-def to_yaml(config: TrainConfig) -> str:
-    values = dataclasses.asdict(config)
-    values["mean"], values["std"] = list(config.mean), list(config.std)
+def to_yaml(config: RunConfig) -> str:
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     return yaml.safe_dump(values, sort_keys=False)

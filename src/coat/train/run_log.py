@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 class RunLog:
-    def __init__(self, output: Path, enabled: bool) -> None:
-        self.output, self.enabled = output, enabled
+    def __init__(self, output: Path, enabled: bool, panels: dict[str, list[str]]) -> None:
+        """``panels``: one PNG per entry, plotting those record keys against the epoch."""
+        self.output, self.enabled, self.panels = output, enabled, panels
         self.history: list[dict[str, Any]] = []
         self.writer = None
         if enabled:
@@ -46,19 +47,14 @@ class RunLog:
         plots = self.output / "plots"
         plots.mkdir(exist_ok=True)
         epochs = [r["epoch"] for r in self.history]
-        panels = {
-            "loss": ["train_loss", "val_loss", "val_ema_loss"],
-            "accuracy": ["val_top1", "val_top5", "val_ema_top1"],
-            "lr": ["lr"],
-        }
-        for name, keys in panels.items():
+        for name, keys in self.panels.items():
             fig, ax = plt.subplots(figsize=(6, 4))
             for key in keys:
                 values = [r.get(key) for r in self.history]
                 if any(v is not None for v in values):
                     ax.plot(epochs, values, marker="o", label=key)
             ax.set_xlabel("epoch")
-            ax.set_ylabel({"accuracy": "percent", "lr": "learning rate"}.get(name, name))
+            ax.set_ylabel({"loss": "loss", "lr": "learning rate"}.get(name, "percent"))
             ax.grid(alpha=0.3)
             ax.legend()
             fig.tight_layout()

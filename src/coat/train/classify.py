@@ -1,0 +1,183 @@
+"""Image classification as a training task: ``fit(config)`` is ``coat train``.
+
+The loop itself (checkpoints, resume, DDP, EMA, logging) is ``coat.train.loop``; this module
+says how a classification run builds its data and model, computes a batch's loss (with MixUp /
+CutMix and label smoothing) and measures top-1 / top-5 and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint import save_checkpoint
+from ..data.datasets import EMBEDDED_NAME, DataError, collate_skipping_none, embedded_splits, folder_splits
+from ..data.transforms import batch_mixing, eval_transform, train_transform
+from ..factory import create_model
+from ..models.coat import CoaT
+from .config import TrainConfig
+from .distributed import DistInfo, RepeatedAugSampler, ShardSampler, all_reduce_sum
+from .loop import backward_and_step, run
+from .optim import warmup_cosine
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float  # percent
+    top5: float  # percent
+    confusion: torch.Tensor  # [num_classes, num_classes], rows = true class
+    count: int
+    skipped: int
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(dim=1).clamp(min=1)
+        return (100.0 * self.confusion.diag() / totals).tolist()
+
+
+def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+               label_smoothing: float = 0.0, autocast: contextlib.AbstractContextManager | None = None,
+               scaler: torch.amp.GradScaler | None = None, clip_grad: float = 0.0) -> torch.Tensor:
+    """One optimizer step on a batch; returns the (detached) loss. ``targets`` may be soft."""
+    with autocast or contextlib.nullcontext():
+        loss = F.cross_entropy(model(images), targets, label_smoothing=label_smoothing)
+    backward_and_step(loss, optimizer, model.parameters(), scaler, clip_grad)
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+             info: DistInfo = DistInfo(), autocast: contextlib.AbstractContextManager | None = None,
+             progress: str | None = None) -> EvalResult:
+    """Loss, top-1/top-5 and the confusion matrix over ``loader`` (summed over processes)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5_hits = torch.zeros((), dtype=torch.long, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    skipped = 0
+    bar = tqdm(loader, desc=progress, leave=False, disable=progress is None or not info.is_main)
+    for images, targets, n_skipped in bar:
+        skipped += n_skipped
+        if not len(targets):
+            continue
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        top = logits.topk(min(5, num_classes), dim=1).indices  # [B, 5]
+        top5_hits += (top == targets[:, None]).any(dim=1).sum()
+        confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes * num_classes)
+    totals = torch.stack([loss_sum, top5_hits.double(), torch.tensor(float(skipped), device=device,
+                                                                     dtype=torch.float64)])
+    all_reduce_sum(totals, info)
+    all_reduce_sum(confusion, info)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    count = int(confusion.sum())
+    if count == 0:
+        raise DataError("the evaluation set yielded no readable images")
+    return EvalResult(loss=totals[0].item() / count, top1=100.0 * confusion.diag().sum().item() / count,
+                      top5=100.0 * totals[1].item() / count, confusion=confusion, count=count,
+                      skipped=int(totals[2].item()))
+
+
+class ClassificationTask:
+    """``coat train``: CoaT on an image folder or the embedded digits; best.safetensors by top-1."""
+
+    score = "top1"
+    plot_panels = {"loss": ["train_loss", "val_loss", "val_ema_loss"],
+                   "accuracy": ["val_top1", "val_top5", "val_ema_top1"], "lr": ["lr"]}
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.classes: list[str] = []
+        self.mixing = None
+        self.sizes = (0, 0)  # train, val images
+
+    def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+        config = self.config
+        train_tf = train_transform(config.input_size, config.scale_min, config.hflip, config.randaugment_magnitude,
+                                   config.random_erasing, config.mean, config.std)
+        val_tf = eval_transform(config.input_size, config.crop_pct, config.mean, config.std)
+        if config.data is None:
+            train_set, val_set = embedded_splits(train_tf, val_tf)
+        else:
+            train_set, val_set = folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
+        self.classes, self.sizes = train_set.classes, (len(train_set), len(val_set))
+        self.mixing = batch_mixing(config.mixup, config.cutmix, len(self.classes))
+        global_batch = config.batch_size * info.world_size
+        if len(train_set) < global_batch:
+            raise DataError(f"the training set has {len(train_set)} images, fewer than one global batch of "
+                            f"{global_batch}; lower --batch-size")
+        sampler = RepeatedAugSampler(len(train_set), info, config.repeated_aug, shuffle=True, seed=config.seed)
+        loader_args = {"num_workers": config.workers, "collate_fn": collate_skipping_none,
+                       "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                                  **loader_args)
+        val_loader = DataLoader(val_set, batch_size=config.batch_size, sampler=ShardSampler(len(val_set), info),
+                                **loader_args)
+        return train_loader, val_loader
+
+    def build_model(self) -> CoaT:
+        config = self.config
+        model = create_model(config.model, pretrained=config.pretrained, num_classes=len(self.classes),
+                             drop_path_rate=config.drop_path or 0.0, input_size=config.input_size,
+                             crop_pct=config.crop_pct, mean=tuple(config.mean), std=tuple(config.std))
+        model.set_grad_checkpointing(config.grad_checkpointing)
+        return model
+
+    def peak_lr(self, world_size: int) -> float:
+        config = self.config
+        return config.lr if config.lr is not None else config.base_lr * config.batch_size * world_size / 512
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, peak_lr: float,
+                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+        config = self.config
+        return warmup_cosine(optimizer, peak_lr, config.warmup_lr, config.min_lr,
+                             int(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
+
+    def skipped_in(self, batch: tuple[torch.Tensor, torch.Tensor, int]) -> int:
+        return batch[2]
+
+    def batch_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, int], device: torch.device,
+                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
+        images, targets, _ = batch
+        if not len(targets):
+            return torch.zeros((), device=device), 0
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if self.mixing is not None:
+            images, targets = self.mixing(images, targets)  # targets become soft [B, num_classes]
+        with autocast:
+            loss = F.cross_entropy(model(images), targets, label_smoothing=self.config.label_smoothing)
+        return loss, len(images)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo,
+                 autocast: contextlib.AbstractContextManager) -> dict[str, Any]:
+        result = evaluate(model, loader, device, len(self.classes), info, autocast)
+        return {"loss": result.loss, "top1": result.top1, "top5": result.top5, "skipped": result.skipped}
+
+    def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+        save_checkpoint(model, path, variant=self.config.model,
+                        metadata={"class_names": json.dumps(self.classes), **metadata})
+
+    def describe(self, info: DistInfo, device: torch.device, peak_lr: float) -> str:
+        config = self.config
+        source = EMBEDDED_NAME if config.data is None else config.data
+        return (f"training {config.model} ({config.recipe} recipe) on {source}: {self.sizes[0]} train / "
+                f"{self.sizes[1]} val images, {len(self.classes)} classes, {info.world_size} process(es) on {device}, "
+                f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}")
+
+
+def fit(config: TrainConfig) -> dict[str, Any]:
+    """Train ``config`` to the end (or resume it); the summary also says which data was used."""
+    summary = run(ClassificationTask(config))
+    return {**summary, "data": config.data or EMBEDDED_NAME}

@@ -1,0 +1,289 @@
+"""The task-agnostic training loop: ``run(task)`` trains, evaluates, checkpoints and logs one run.
+
+A task (classification in ``coat.train.classify``, detection in ``coat.detection.task``) says how
+to build its data, model and schedule, how to compute a batch's loss and how to evaluate; this
+module does the rest the same way for every task: devices and torchrun, the output folder,
+``last.pt`` with every rank's RNG state and exact ``--resume``, EMA, AMP, gradient clipping,
+progress bars, metrics.jsonl / TensorBoard / plots and ``best.safetensors``.
+
+Launch alone or under torchrun (see ``coat.train.distributed``); the code path is the same.
+Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError, load_state_into
+from ..data.datasets import DataError
+from .config import RunConfig, to_yaml
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, pick_device
+from .optim import build_optimizer
+from .run_log import RunLog
+from .state import load_training_state, restore_rng, rng_state, save_training_state
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.safetensors", "summary.json", "plots", "tensorboard")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what was kept."""
+
+
+class Task(Protocol):
+    """What a task plugs into the loop. ``score`` names the metric (higher is better) that picks best.safetensors."""
+
+    config: RunConfig
+    score: str
+    plot_panels: dict[str, list[str]]
+
+    def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]: ...
+
+    def build_model(self) -> nn.Module: ...
+
+    def peak_lr(self, world_size: int) -> float: ...
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, peak_lr: float,
+                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device,
+                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
+        """The loss of one batch (forward only) and how many samples it held (0: nothing readable)."""
+
+    def skipped_in(self, batch: Any) -> int: ...
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo,
+                 autocast: contextlib.AbstractContextManager) -> dict[str, Any]:
+        """Metrics over ``loader`` (summed over processes); must hold ``score``; may hold ``skipped``."""
+
+    def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None: ...
+
+    def describe(self, info: DistInfo, device: torch.device, peak_lr: float) -> str: ...
+
+
+# ---------------------------------------------------------------------------- steps
+def autocast_context(device: torch.device, config: RunConfig) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=amp_dtype(device, config)) if config.amp else contextlib.nullcontext()
+
+
+def amp_dtype(device: torch.device, config: RunConfig) -> torch.dtype:
+    if config.amp_dtype == "fp16" or (config.amp_dtype == "auto" and device.type == "cuda"
+                                      and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor],
+                      scaler: torch.amp.GradScaler | None = None, clip_grad: float = 0.0) -> None:
+    """Backward through ``loss``, clip, step (with fp16 loss scaling when ``scaler`` is given)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip_grad > 0:
+        nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+# ---------------------------------------------------------------------------- set-up
+def prepare_output(config: RunConfig, info: DistInfo) -> Path:
+    """Refuse to mix runs: an existing run needs --resume or --overwrite (which removes only run files)."""
+    output = Path(config.output)
+    existing = [name for name in RUN_FILES if (output / name).exists()]
+    if existing and config.resume is None and not config.overwrite:
+        raise DataError(f"{output} already holds a run ({', '.join(existing[:3])}); pass --resume auto to continue "
+                        "it, --overwrite to replace it, or choose another --output")
+    if info.is_main:
+        if existing and config.overwrite and config.resume is None:
+            for name in existing:
+                path = output / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        output.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    return output
+
+
+# ---------------------------------------------------------------------------- the run
+def run(task: Task) -> dict[str, Any]:
+    """Train ``task`` to the end (or resume it) and return the summary written to summary.json."""
+    config = task.config
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
+    output = prepare_output(config, info)
+    resume_path = _resume_path(config, output)
+    random.seed(config.seed + info.rank)
+    torch.manual_seed(config.seed + info.rank)
+
+    train_loader, val_loader = task.build_data(info)
+    model = task.build_model().to(device)
+    peak_lr = task.peak_lr(info.world_size)
+    optimizer = build_optimizer(model, peak_lr, config.weight_decay)
+    steps_per_epoch = len(train_loader)
+    scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+           if config.ema_decay > 0 else None)
+    use_scaler = config.amp and device.type == "cuda" and amp_dtype(device, config) == torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    log = RunLog(output, info.is_main, task.plot_panels)
+    start_epoch, best_score, seconds_training, images_trained = 0, float("-inf"), 0.0, 0
+
+    if resume_path is not None:
+        state = load_training_state(resume_path)
+        if state.get("model_name") != config.model:
+            raise CheckpointError(f"{resume_path} is a checkpoint of {state.get('model_name')}, not {config.model}; "
+                                  "pass the same --model or another --output")
+        load_state_into(model, state["model"], source=str(resume_path))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score = state["epoch"], state["best_score"]
+        seconds_training, images_trained = state["seconds_training"], state["images_trained"]
+        log.restore(state["history"])
+        restore_rng(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
+        if info.is_main:
+            tqdm.write(f"resumed {resume_path} after epoch {start_epoch}")
+    elif info.is_main:
+        (output / "config.yaml").write_text(to_yaml(config))
+
+    train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
+    if config.compile:
+        train_model = torch.compile(train_model)
+    autocast = autocast_context(device, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if info.is_main:
+        tqdm.write(task.describe(info, device, peak_lr))
+
+    for epoch in range(start_epoch, config.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum, seen, skipped = torch.zeros((), device=device, dtype=torch.float64), 0, 0
+        started = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main,
+                   dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            skipped += task.skipped_in(batch)
+            loss, count = task.batch_loss(train_model, batch, device, autocast)
+            if count == 0:
+                continue
+            if not torch.isfinite(loss):
+                kept = f"the last good checkpoint is {output / 'last.pt'}" if (output / "last.pt").exists() \
+                    else "no checkpoint was written yet"
+                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, "
+                                    f"{kept}; lower --lr or set --clip-grad")
+            backward_and_step(loss, optimizer, trainable, scaler, config.clip_grad)
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach().double() * count
+            seen += count
+            if step % config.log_interval == 0 or step == steps_per_epoch - 1:
+                lr = optimizer.param_groups[0]["lr"]
+                rate = seen * info.world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                log.step(epoch * steps_per_epoch + step, loss.item(), lr)
+        epoch_seconds = time.perf_counter() - started
+        bar.close()
+        train_totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device,
+                                                                          dtype=torch.float64)]), info)
+        seconds_training += epoch_seconds
+        images_trained += int(train_totals[1].item())
+
+        metrics = task.evaluate(model, val_loader, device, info, autocast)
+        skipped += metrics.pop("skipped", 0)
+        record = {"epoch": epoch + 1, "train_loss": train_totals[0].item() / max(1.0, train_totals[1].item()),
+                  **{f"val_{k}": v for k, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
+                  "epoch_seconds": epoch_seconds, "images_per_second": train_totals[1].item() / epoch_seconds}
+        candidates = [(metrics[task.score], model)]
+        if ema is not None:
+            ema_metrics = task.evaluate(ema.module, val_loader, device, info, autocast)
+            ema_metrics.pop("skipped", 0)
+            record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
+            candidates.append((ema_metrics[task.score], ema.module))
+        if skipped:
+            record["skipped_images"] = skipped
+        log.epoch(record)
+        epoch_best, best_model = max(candidates, key=lambda c: c[0])
+        improved = epoch_best > best_score
+        best_score = max(best_score, epoch_best)
+        if info.is_main:
+            if improved:
+                task.save_best(best_model, output / "best.safetensors",
+                               {"epoch": str(epoch + 1), task.score: f"{epoch_best:.4f}"})
+            save_training_state(output / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch + 1, "best_score": best_score, "history": log.history, "model_name": config.model,
+                "seconds_training": seconds_training, "images_trained": images_trained, "rng": _gather_rng(info),
+            })
+            tqdm.write(_epoch_line(record, config.epochs, task.plot_panels) + ("  (best)" if improved else ""))
+        else:
+            _gather_rng(info)
+        barrier(info)
+
+    final = log.history[-1] if log.history else {}
+    summary = {
+        "model": config.model, "recipe": config.recipe, "epochs": config.epochs,
+        f"best_{task.score}": best_score,
+        **{f"final_{k[len('val_'):]}": v for k, v in final.items() if k.startswith("val_")},
+        "images_per_second": images_trained / seconds_training if seconds_training else None,
+        "training_seconds": seconds_training, "world_size": info.world_size, "device": str(device),
+        "checkpoint": str(output / "best.safetensors"), "last_checkpoint": str(output / "last.pt"),
+        "plots": str(output / "plots"), "metrics": str(output / "metrics.jsonl"),
+    }
+    if info.is_main:
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.close()
+    return summary
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, plot_panels: dict[str, list[str]]) -> str:
+    """``epoch   3/10  train_loss 0.4120  val_loss 0.3011  val_top1  97.30 ...``: the plotted metrics."""
+    plotted = {key for name, keys in plot_panels.items() if name != "lr" for key in keys}
+    shown = [f"{k} {v:.4f}" if "loss" in k else f"{k} {v:6.2f}" for k, v in record.items()
+             if k in plotted and isinstance(v, float)]
+    return (f"epoch {record['epoch']:>3}/{epochs}  " + "  ".join(shown)
+            + f"  lr {record['lr']:.2e}  {record['images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f}s")
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    """Every process's RNG state (rank order), so a resumed multi-process run replays exactly."""
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _resume_path(config: RunConfig, output: Path) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "auto":
+        last = output / "last.pt"
+        return last if last.exists() else None  # a first start under torchrun's elastic restarts
+    return Path(config.resume)
