@@ -1,16 +1,14 @@
 """Training step (forward + backward + AdamW): ours vs timm's CoaT, same weights, one process, interleaved.
 
-    python benchmarks/bench_train_step.py [--models coat_lite_tiny coat_tiny] [--batch-size 16] [--size 224]
+    python benchmarks/bench_train_step.py [--models coat_lite_tiny coat_tiny | --all] [--batch-size 16] [--size 224]
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from coat.bench import interleaved, timm_pair
+from coat.bench import bench_arguments, check_same_outputs, interleaved, machine_line, model_names, timm_pair
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -27,17 +25,14 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["coat_lite_tiny", "coat_tiny"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__.splitlines()[0], repeats=5).parse_args()
+    print(machine_line())
     print("| model | batch | size | ours ms/step | timm ms/step | speed-up |\n|---|---|---|---|---|---|")
     x = torch.randn(args.batch_size, 3, args.size, args.size)
     y = torch.randint(0, 1000, (args.batch_size,))
-    for name in args.models:
+    for name in model_names(args):
         ours, peer = timm_pair(name, img_size=args.size)
+        check_same_outputs(ours.eval(), peer.eval(), x)
         t = interleaved({"ours": step_fn(ours, x, y), "timm": step_fn(peer, x, y)}, args.batch_size,
                         warmup=1, repeats=args.repeats)
         print(f"| {name} | {args.batch_size} | {args.size} | {1000 * t['ours'].median:.0f} | "

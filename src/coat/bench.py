@@ -6,6 +6,8 @@ which our loader reads), so every comparison runs both models on the same inputs
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_state_into, official_to_coat
-from .factory import create_model
+from .factory import create_model, list_models
 
 
 @dataclass
@@ -33,6 +35,40 @@ class Timing:
         return self.batch_size / self.median
 
 
+DEFAULT_MODELS = ["coat_lite_tiny", "coat_tiny"]
+
+
+def bench_arguments(description: str, batch_size: int = 16, size: int = 224, repeats: int = 10) -> argparse.ArgumentParser:
+    """The options every script in benchmarks/ shares: which models, batch, input size, repeats."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--all", action="store_true", help="every variant (overrides --models)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per model (median reported)")
+    return parser
+
+
+def model_names(args: argparse.Namespace) -> list[str]:
+    return list_models() if args.all else args.models
+
+
+def machine_line() -> str:
+    """One line naming the CPU, threads and library versions, printed above every table."""
+    import timm
+
+    return (f"machine: {_cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, timm {timm.__version__}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def timm_pair(name: str, **timm_kwargs: object) -> tuple[nn.Module, nn.Module]:
     """(ours, timm's) CoaT ``name`` holding the same (timm-initialised) weights.
 
@@ -47,6 +83,51 @@ def timm_pair(name: str, **timm_kwargs: object) -> tuple[nn.Module, nn.Module]:
     state, _ = official_to_coat(peer.state_dict())
     load_state_into(ours, state, source=f"timm {name}")
     return ours, peer
+
+
+def check_same_outputs(ours: nn.Module, peer: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> float:
+    """Max abs difference of the two models' outputs on ``x`` (inference); raises above ``tol``."""
+    with torch.inference_mode():
+        diff = (ours(x).float() - peer(x).float()).abs().max().item()
+    if diff > tol:
+        raise RuntimeError(f"outputs differ by {diff:.2e} (> {tol:g}); not timing")
+    return diff
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensors allocated while ``fn`` runs, above what was live before it.
+
+    Replays the allocation and free events torch.profiler records, so the figure is exact for
+    tensor memory and independent of the allocator's caching (CPU tensors).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps between forward and backward (parameters excluded)."""
+    storages: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(storages.values())
 
 
 def interleaved(fns: dict[str, Callable[[], object]], batch_size: int, warmup: int = 2, repeats: int = 10,
