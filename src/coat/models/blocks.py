@@ -32,7 +32,7 @@ class SerialBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid: Grid, cpe: ConvPosEnc, crpe: ConvRelPosEnc) -> torch.Tensor:
         x = cpe(x, grid)  # [B, 1+H*W, C]
         x = x + self.drop_path(self.attn(self.norm1(x), grid, crpe))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.mlp.residual(x, self.norm2, self.drop_path)
 
 
 class Stage(nn.Module):
@@ -127,7 +127,7 @@ class ParallelBlock(nn.Module):
         else:
             mixed = self._mix_by_attention(normed, grids, crpes)
         xs = [x + self.drop_path(m) for x, m in zip(xs, mixed)]
-        return [x + self.drop_path(self.mlp(norm(x))) for norm, x in zip(self.norms2, xs)]
+        return [self.mlp.residual(x, norm, self.drop_path) for norm, x in zip(self.norms2, xs)]
 
     def _mix_by_interpolation(
         self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
