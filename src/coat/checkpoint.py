@@ -27,6 +27,7 @@ from .models.config import CoaTConfig
 
 FORMAT_NAME = "coat"
 FORMAT_VERSION = "1"
+DETECTOR_FORMAT_NAME = "coat-detector"
 
 
 class CheckpointError(ValueError):
@@ -72,9 +73,12 @@ def _read(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
     if _is_safetensors(path):
-        tensors, metadata = _read_safetensors(path)
+        tensors, metadata = read_safetensors(path)
     else:
         tensors, metadata = _read_torch_file(path), {}
+    if metadata.get("format") == DETECTOR_FORMAT_NAME:
+        raise CheckpointError(f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
+                              "or `coat detect predict`")
     if metadata.get("format") == FORMAT_NAME:
         config = CoaTConfig.from_dict(json.loads(metadata["config"]))
         return Checkpoint(tensors, "coat", config, metadata.get("variant"), metadata)
@@ -132,7 +136,7 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

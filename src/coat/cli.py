@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import model_commands, train_commands, use_commands
+from .commands import detect_commands, model_commands, train_commands, use_commands
 from .train.loop import TrainingError
 
-COMMAND_MODULES = [model_commands, train_commands, use_commands]
+COMMAND_MODULES = [model_commands, train_commands, use_commands, detect_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

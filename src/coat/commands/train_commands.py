@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..inference import load_for_inference, preprocessing
 from ..models.config import VARIANTS
 from ..train.config import RECIPES, TrainConfig, resolve
 from ..train.distributed import pick_device
+from .config_flags import add_config_flags, given_flags
 from ..train.classify import evaluate, fit
 
 _HELP = {
@@ -34,9 +34,7 @@ _HELP = {
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train or fine-tune a variant on an image folder or the embedded data",
                                   description="Every option overrides the recipe; --config FILE.yaml sets many at once.")
-    train.add_argument("--config", help="YAML file of options (flags given here win)")
-    for field in dataclasses.fields(TrainConfig):
-        _add_field(train, field)
+    add_config_flags(train, TrainConfig, _HELP)
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix")
@@ -56,23 +54,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=run_eval)
 
 
-def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
-    """One flag per TrainConfig field; ``None`` default so that only given flags override the recipe."""
-    flag = "--" + field.name.replace("_", "-")
-    help_text = f"{_HELP.get(field.name, '')} (recipe default: {field.default})".strip()
-    type_name = str(field.type)  # annotations are strings here: "int", "float | None", "tuple[...]"
-    if type_name == "bool":
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    elif type_name.startswith("tuple"):
-        parser.add_argument(flag, type=float, nargs=3, default=None, help=help_text)
-    else:
-        value_type = float if "float" in type_name else int if "int" in type_name else str
-        parser.add_argument(flag, type=value_type, default=None, help=help_text)
-
-
 def run_train(args: argparse.Namespace) -> int:
-    cli = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    config = resolve(cli, args.config)
+    config = resolve(given_flags(args, TrainConfig), args.config)
     summary = fit(config)
     print(f"best top-1 {summary['best_top1']:.2f}%, final top-1 {summary['final_top1']:.2f}% after "
           f"{summary['epochs']} epochs ({summary['images_per_second']:.0f} img/s); checkpoint {summary['checkpoint']}")

@@ -44,3 +44,6 @@ def fasterrcnn_coat(variant: str, num_classes: int = 91, backbone_weights: str |
     """torchvision Faster R-CNN on CoaT + FPN. ``num_classes`` counts the background class."""
     return _build(FasterRCNN, variant, num_classes, backbone_weights, drop_path_rate, frozen_stages, frozen_norms,
                   detector_kwargs)
+
+
+DETECTORS = {"maskrcnn": maskrcnn_coat, "fasterrcnn": fasterrcnn_coat}

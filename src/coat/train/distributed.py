@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -62,6 +64,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_objects(value: Any, info: DistInfo) -> list[Any]:
+    """Every process's ``value`` (picklable, from our own code), in rank order."""
+    if not info.enabled:
+        return [value]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:

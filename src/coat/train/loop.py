@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from ..checkpoint import CheckpointError, load_state_into
 from ..data.datasets import DataError
 from .config import RunConfig, to_yaml
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, pick_device
+from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, pick_device
 from .optim import build_optimizer
 from .run_log import RunLog
 from .state import load_training_state, restore_rng, rng_state, save_training_state
@@ -238,11 +237,12 @@ def run(task: Task) -> dict[str, Any]:
                 "ema": ema.state_dict() if ema is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": epoch + 1, "best_score": best_score, "history": log.history, "model_name": config.model,
-                "seconds_training": seconds_training, "images_trained": images_trained, "rng": _gather_rng(info),
+                "seconds_training": seconds_training, "images_trained": images_trained,
+                "rng": gather_objects(rng_state(), info),  # every rank's, so a resumed DDP run replays exactly
             })
             tqdm.write(_epoch_line(record, config.epochs, task.plot_panels) + ("  (best)" if improved else ""))
         else:
-            _gather_rng(info)
+            gather_objects(rng_state(), info)
         barrier(info)
 
     final = log.history[-1] if log.history else {}
@@ -268,16 +268,6 @@ def _epoch_line(record: dict[str, Any], epochs: int, plot_panels: dict[str, list
              if k in plotted and isinstance(v, float)]
     return (f"epoch {record['epoch']:>3}/{epochs}  " + "  ".join(shown)
             + f"  lr {record['lr']:.2e}  {record['images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f}s")
-
-
-def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
-    """Every process's RNG state (rank order), so a resumed multi-process run replays exactly."""
-    state = rng_state()
-    if not info.enabled:
-        return [state]
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, state)
-    return gathered
 
 
 def _resume_path(config: RunConfig, output: Path) -> Path | None:

@@ -39,3 +39,14 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_lr: f
         return lr / peak_lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_multistep(optimizer: torch.optim.Optimizer, warmup_steps: int, warmup_factor: float,
+                     milestones: list[int], gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """The detection schedule: linear warm-up from ``warmup_factor`` x lr, then x ``gamma`` at each milestone step."""
+
+    def factor(step: int) -> float:
+        warm = warmup_factor + (1 - warmup_factor) * step / warmup_steps if step < warmup_steps else 1.0
+        return warm * gamma ** sum(step >= m for m in milestones)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,29 @@
+"""Command-line flags generated from a run configuration dataclass (``coat train``, ``coat detect train``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_texts: dict[str, str]) -> None:
+    """``--config FILE.yaml`` plus one flag per field; ``None`` defaults so only given flags override the recipe."""
+    parser.add_argument("--config", help="YAML file of options (flags given here win)")
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{help_texts.get(field.name, '')} (recipe default: {field.default})".strip()
+        type_name = str(field.type)  # annotations are strings here: "int", "float | None", "tuple[...]"
+        if type_name == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif type_name.startswith("tuple[int"):
+            parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+        elif type_name.startswith("tuple"):
+            parser.add_argument(flag, type=float, nargs=3, default=None, help=help_text)
+        else:
+            value_type = float if "float" in type_name else int if "int" in type_name else str
+            parser.add_argument(flag, type=value_type, default=None, help=help_text)
+
+
+def given_flags(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}

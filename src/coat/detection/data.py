@@ -1,0 +1,194 @@
+"""COCO-format detection data: an images folder plus an instances JSON, checked before training.
+
+``read_coco`` validates the file once (one-line errors naming the problem and the fix) and keeps
+what training needs; ``CocoDetectionSet`` yields ``(image [3, H, W] in 0..1, target)`` with
+torchvision's detection target keys (``boxes`` xyxy, ``labels`` 1..C, ``masks`` [K, H, W],
+``image_id``). Category ids need not be contiguous: labels are their rank, and ``category_ids``
+maps back for COCO results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..data.datasets import CorruptImageError, DataError, load_rgb
+
+MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are degenerate and dropped (counted)
+
+
+@dataclass
+class CocoIndex:
+    """A checked instances file: the images that have files, their usable annotations, the categories."""
+
+    annotation_file: Path
+    images_dir: Path
+    images: list[dict[str, Any]]
+    annotations: dict[int, list[dict[str, Any]]]  # image id -> its non-crowd annotations with usable boxes
+    category_ids: list[int]  # label i + 1 <-> category_ids[i]
+    class_names: list[str]
+    has_masks: bool
+    dropped_boxes: int = 0
+    missing_images: list[str] = field(default_factory=list)
+    coco: COCO | None = None  # pycocotools' index of the whole file, the ground truth of evaluation
+
+    def label_of(self, category_id: int) -> int:
+        return self.category_ids.index(category_id) + 1
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"annotation file {path} does not exist; pass the instances JSON of the images "
+                        "(e.g. annotations/instances_train.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"annotation file {path} is not valid JSON ({err}); re-export it in COCO format") from None
+    if not isinstance(data, dict):
+        raise DataError(f"annotation file {path} is not a COCO instances file (expected an object with images, "
+                        "annotations and categories)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"annotation file {path} has no '{key}' list; it is not a COCO instances file")
+    return data
+
+
+def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing: bool = False) -> CocoIndex:
+    """Check ``annotation_file`` against ``images_dir``; raise ``DataError`` on anything unusable."""
+    annotation_file, images_dir = Path(annotation_file), Path(images_dir)
+    data = _load_json(annotation_file)
+    if not images_dir.is_dir():
+        raise DataError(f"image folder {images_dir} does not exist; pass the folder the file names in "
+                        f"{annotation_file.name} are relative to")
+    if not data["categories"]:
+        raise DataError(f"annotation file {annotation_file} has no categories; a detector needs at least one")
+    try:
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        category_ids = [int(c["id"]) for c in categories]
+        names = [str(c["name"]) for c in categories]
+        image_ids = {int(image["id"]) for image in data["images"]}
+        for image in data["images"]:
+            image["file_name"], image["height"], image["width"]  # noqa: B018 (presence check)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"annotation file {annotation_file}: a category or image entry lacks {err}; every category "
+                        "needs id and name, every image id, file_name, width and height") from None
+    if len(set(category_ids)) != len(category_ids):
+        raise DataError(f"annotation file {annotation_file} repeats category ids; make them unique")
+
+    per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
+    dropped, has_masks = 0, bool(data["annotations"])
+    known_categories = set(category_ids)
+    for ann in data["annotations"]:
+        try:
+            image_id, category_id, (_, _, w, h) = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} needs image_id, "
+                            "category_id and a bbox [x, y, width, height]") from None
+        if image_id not in image_ids:
+            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} refers to image id "
+                            f"{image_id}, which is not in its images list")
+        if category_id not in known_categories:
+            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} has category_id "
+                            f"{category_id}, which is not in its categories list")
+        has_masks = has_masks and bool(ann.get("segmentation"))
+        if ann.get("iscrowd", 0):
+            continue  # crowd regions are ignored in training and handled by COCOeval in evaluation
+        if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+            dropped += 1
+            continue
+        per_image[image_id].append(ann)
+
+    present, missing = [], []
+    for image in data["images"]:
+        (present if (images_dir / image["file_name"]).is_file() else missing).append(image)
+    if missing and not skip_missing:
+        raise DataError(f"{len(missing)} of the {len(data['images'])} images in {annotation_file} have no file in "
+                        f"{images_dir} (first: {missing[0]['file_name']}); fix the paths or pass --skip-corrupt to "
+                        "skip them")
+    if not present:
+        raise DataError(f"none of the images in {annotation_file} is in {images_dir}; pass the right image folder")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+    return CocoIndex(annotation_file, images_dir, present, per_image, category_ids, names, has_masks, dropped,
+                     [m["file_name"] for m in missing], coco)
+
+
+def annotation_mask(segmentation: list | dict, height: int, width: int) -> torch.Tensor:
+    """A polygon list or RLE (compressed or not) -> a [H, W] uint8 mask."""
+    if isinstance(segmentation, list):
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = coco_mask.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return torch.from_numpy(coco_mask.decode(rle))
+
+
+def detection_transform(hflip: float) -> v2.Compose:
+    """PIL image + target -> float image in 0..1; boxes and masks flipped with the image.
+
+    Resizing (multi-scale in training) and normalisation happen inside torchvision's detector.
+    """
+    steps: list[Callable] = [v2.ToImage()]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+class CocoDetectionSet(Dataset):
+    """The images of a ``CocoIndex`` as torchvision detection samples; unreadable images raise or yield ``None``."""
+
+    def __init__(self, index: CocoIndex, transform: Callable, with_masks: bool, skip_corrupt: bool = False) -> None:
+        self.index, self.transform = index, transform
+        self.with_masks, self.skip_corrupt = with_masks, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        info = self.index.images[i]
+        try:
+            image = load_rgb(str(self.index.images_dir / info["file_name"]))
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        height, width = image.height, image.width
+        annotations = self.index.annotations[int(info["id"])]
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)  # [K, 4] xywh
+        boxes[:, 2:] += boxes[:, :2]  # -> xyxy
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.index.label_of(a["category_id"]) for a in annotations], dtype=torch.int64),
+            "image_id": int(info["id"]),
+        }
+        if self.with_masks:
+            masks = [annotation_mask(a["segmentation"], height, width) for a in annotations]
+            target["masks"] = tv_tensors.Mask(torch.stack(masks) if masks else
+                                              torch.zeros(0, height, width, dtype=torch.uint8))
+        image, target = self.transform(image, target)
+        return image.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v
+                                                 for k, v in target.items()}
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]], int]:
+    """Lists of images and targets (detectors take varied sizes), dropping skipped ``None``: (images, targets, skipped)."""
+    kept = [item for item in batch if item is not None]
+    images = [image for image, _ in kept]
+    targets = [target for _, target in kept]
+    return images, targets, len(batch) - len(kept)

@@ -1,0 +1,134 @@
+"""Detection as a training task for ``coat.train.loop``: ``fit(config)`` is ``coat detect train``.
+
+The loop (checkpoints, exact resume, torchrun, AMP, progress, metrics.jsonl / TensorBoard /
+plots) is the classification one; this module supplies COCO data, the torchvision detector on a
+CoaT + FPN backbone, the warm-up + step schedule, the summed detector losses and COCO AP.
+best.safetensors is picked by box AP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.datasets import DataError
+from ..train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
+from ..train.loop import run
+from ..train.optim import warmup_multistep
+from .coco_eval import evaluate_detector
+from .config import DetectConfig
+from .data import CocoDetectionSet, CocoIndex, collate_detection, detection_transform, read_coco
+from .weights import DetectorSpec, save_detector
+
+
+def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+            for t in targets]
+
+
+class DetectionTask:
+    score = "box_ap"
+    plot_panels = {"loss": ["train_loss"], "ap": ["val_box_ap", "val_box_ap50", "val_mask_ap", "val_mask_ap50"],
+                   "lr": ["lr"]}
+
+    def __init__(self, config: DetectConfig) -> None:
+        self.config = config
+        self.train_index: CocoIndex | None = None
+        self.val_index: CocoIndex | None = None
+        self.spec: DetectorSpec | None = None
+
+    @property
+    def with_masks(self) -> bool:
+        return self.config.detector == "maskrcnn"
+
+    def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+        config = self.config
+        train = read_coco(config.train_annotations, config.train_images, config.skip_corrupt)
+        val = read_coco(config.val_annotations, config.val_images, config.skip_corrupt)
+        if self.with_masks and not train.has_masks:
+            raise DataError(f"{config.train_annotations} has annotations without segmentation; Mask R-CNN needs "
+                            "masks: add them or pass --detector fasterrcnn")
+        if val.category_ids != train.category_ids:
+            raise DataError(f"{config.val_annotations} and {config.train_annotations} list different categories; "
+                            "evaluate on data with the training categories")
+        global_batch = config.batch_size * info.world_size
+        if len(train.images) < global_batch:
+            raise DataError(f"the training set has {len(train.images)} images, fewer than one global batch of "
+                            f"{global_batch}; lower --batch-size")
+        self.train_index, self.val_index = train, val
+        self.spec = DetectorSpec(config.detector, config.model, train.class_names, train.category_ids,
+                                 config.min_sizes, config.max_size)
+        train_set = CocoDetectionSet(train, detection_transform(config.hflip), self.with_masks, config.skip_corrupt)
+        val_set = CocoDetectionSet(val, detection_transform(0.0), with_masks=False,  # COCOeval reads the JSON's
+                                   skip_corrupt=config.skip_corrupt)
+        loader_args = {"num_workers": config.workers, "collate_fn": collate_detection,
+                       "pin_memory": torch.cuda.is_available()}
+        sampler = RepeatedAugSampler(len(train_set), info, repeats=1, shuffle=True, seed=config.seed)
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                                  **loader_args)
+        # One image per forward in evaluation: batched images are zero-padded to a common size, and the padding
+        # changes the attention's features, so batch 1 makes the metrics independent of how images are grouped.
+        val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), info), **loader_args)
+        return train_loader, val_loader
+
+    def build_model(self) -> nn.Module:
+        config = self.config
+        model = self.spec.build(config.pretrained, drop_path_rate=config.drop_path,
+                                frozen_stages=config.frozen_stages, frozen_norms=config.frozen_norms,
+                                box_batch_size_per_image=config.box_batch_size_per_image,
+                                rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train)
+        model.backbone.body.body.set_grad_checkpointing(config.grad_checkpointing)  # FPN -> CoaTBackbone -> CoaT
+        return model
+
+    def peak_lr(self, world_size: int) -> float:
+        return self.config.lr  # the authors' 1e-4 is for a total batch of 16; set --lr for other sizes
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, peak_lr: float,
+                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+        config = self.config
+        return warmup_multistep(optimizer, config.warmup_iters, config.warmup_factor,
+                                [epoch * steps_per_epoch for epoch in config.lr_steps])
+
+    def skipped_in(self, batch: tuple[list, list, int]) -> int:
+        return batch[2]
+
+    def batch_loss(self, model: nn.Module, batch: tuple[list, list, int], device: torch.device,
+                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
+        images, targets, _ = batch
+        if not images:
+            return torch.zeros((), device=device), 0
+        with autocast:
+            losses = model([image.to(device, non_blocking=True) for image in images], move_targets(targets, device))
+        return sum(losses.values()), len(images)  # RPN + box (+ mask) losses
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo,
+                 autocast: contextlib.AbstractContextManager) -> dict[str, Any]:
+        with autocast:
+            metrics, _ = evaluate_detector(model, loader, device, self.val_index.coco, self.val_index.category_ids,
+                                           self.with_masks, info)
+        metrics.pop("images")
+        return metrics
+
+    def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+        save_detector(model, self.spec, path, metadata)
+
+    def describe(self, info: DistInfo, device: torch.device, peak_lr: float) -> str:
+        config, train, val = self.config, self.train_index, self.val_index
+        notes = [f"{train.dropped_boxes + val.dropped_boxes} degenerate boxes dropped"] \
+            if train.dropped_boxes + val.dropped_boxes else []
+        missing = len(train.missing_images) + len(val.missing_images)
+        notes += [f"{missing} images without files skipped"] if missing else []
+        return (f"training {config.detector} on {config.model} ({config.recipe} recipe): {len(train.images)} train / "
+                f"{len(val.images)} val images, {len(train.class_names)} classes, {info.world_size} process(es) on "
+                f"{device}, global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"
+                + "".join(f"; {note}" for note in notes))
+
+
+def fit(config: DetectConfig) -> dict[str, Any]:
+    """Train a detector to the end (or resume it); returns the run summary."""
+    return run(DetectionTask(config))
