@@ -10,7 +10,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from .layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, Mlp, PatchEmbed, tokens_to_nchw
+from .layers import (
+    ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, Mlp, PatchEmbed, eager_cpu_inference, tokens_to_nchw,
+)
 
 LN_EPS = 1e-6
 
@@ -134,14 +136,15 @@ class ParallelBlock(nn.Module):
     ) -> list[torch.Tensor]:
         outs = [attn(x, grid, crpe) for attn, x, grid, crpe in zip(self.attns, normed, grids, crpes)]
         cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]: CLS tokens are summed as they are
-        mixed = []
-        for i, grid in enumerate(grids):
-            image = outs[i][:, 1:]
-            for j, other in enumerate(outs):
-                if j != i:
-                    image = image + resize_image_tokens(other, grids[j], grid)
-            mixed.append(torch.cat((cls_sum, image), dim=1))
-        return mixed
+        resized = [[resize_image_tokens(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
+                   for i, grid in enumerate(grids)]  # per scale: the other scales' images, [B, H_i*W_i, C]
+        if eager_cpu_inference(cls_sum):  # the outputs are ours: add into them, no concatenations
+            for out, others in zip(outs, resized):
+                for other in others:
+                    out[:, 1:] += other
+                out[:, :1] = cls_sum
+            return outs
+        return [torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1) for out, others in zip(outs, resized)]
 
     def _mix_by_attention(
         self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]

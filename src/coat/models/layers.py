@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .tiled_mlp import NormMlpFunction, tile_rows
+
 Grid = tuple[int, int]
 SLICED_HEADS_MIN_TOKENS = 1024  # 56x56 (stage 1 at 224) uses slices; 28x28 and smaller use einsum
-MLP_TILE_HIDDEN_ELEMENTS = 2**19  # 2 MiB of float32 hidden activations per row tile: stays in L2
 
 
 def tokens_to_nchw(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -50,6 +51,9 @@ class ConvPosEnc(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         image = tokens_to_nchw(x, grid)  # [B, C, H, W] view
+        if eager_cpu_inference(x):  # add into x's image tokens: no concatenation with the CLS token
+            image += self.proj(image)
+            return x
         encoded = image + self.proj(image)
         return torch.cat((x[:, :1], nchw_to_tokens(encoded)), dim=1)  # [B, 1+H*W, C]
 
@@ -157,35 +161,57 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def residual(self, x: torch.Tensor, norm: nn.Module, drop_path: nn.Module) -> torch.Tensor:
-        """``x + drop_path(mlp(norm(x)))``. In eager CPU inference: in row tiles, adding into ``x`` in place."""
-        if _use_fused_cpu_kernels(x) and x.is_contiguous():
+    def residual(self, x: torch.Tensor, norm: nn.LayerNorm, drop_path: nn.Module) -> torch.Tensor:
+        """``x + drop_path(mlp(norm(x)))``, in row tiles on CPU (see ``tiled_mlp``).
+
+        Inference adds into ``x`` in place; training uses ``NormMlpFunction`` (recomputes in backward).
+        """
+        if eager_cpu_inference(x) and x.is_contiguous():
             return self._residual_in_row_tiles_(x, norm)
+        if _use_tiled_cpu_training(x):
+            rows = x.reshape(-1, x.shape[-1])  # [B*N, C]
+            branch = NormMlpFunction.apply(rows, norm.weight, norm.bias, self.fc1.weight, self.fc1.bias,
+                                           self.fc2.weight, self.fc2.bias, norm.eps,
+                                           tile_rows(self.fc1.out_features))
+            return x + drop_path(branch.view_as(x))
         return x + drop_path(self(norm(x)))
 
     def _residual_in_row_tiles_(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         """Tokens are independent here, so each tile of rows runs norm -> MLP -> add on its own and its
         hidden activations stay in cache instead of making a round trip to memory (same numbers)."""
         rows = x.view(-1, x.shape[-1])  # [B*N, C]
-        for tile in rows.split(max(1, MLP_TILE_HIDDEN_ELEMENTS // self.fc1.out_features)):
+        for tile in rows.split(tile_rows(self.fc1.out_features)):
             tile += self(norm(tile))  # [rows, C]
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_fused_cpu_kernels(x):
+        if eager_cpu_inference(x):
             hidden = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
         else:
             hidden = self.act(self.fc1(x))
         return self.fc2(hidden)
 
 
-def _use_fused_cpu_kernels(x: torch.Tensor) -> bool:
-    """True in eager, gradient-free CPU float32 inference where oneDNN's fused kernels exist."""
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """True in eager, gradient-free CPU float32 inference: oneDNN's fused kernels exist, row tiles pay,
+    and blocks may update the tensors they own in place."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()
+        and not tracing()
+    )
+
+
+def _use_tiled_cpu_training(x: torch.Tensor) -> bool:
+    """True in eager CPU float32 training (autograd on, no autocast), where row tiles keep the MLP in cache."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not tracing()
     )
