@@ -1,6 +1,9 @@
 """`coat detect train | eval | predict | make-shapes` end to end on a tiny generated COCO set."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,3 +135,21 @@ def test_fasterrcnn_needs_no_masks(coco_set, tmp_path):
     assert main(["detect", "train", *data, *TINY, "--output", str(tmp_path / "f"), "--epochs", "1",
                  "--detector", "fasterrcnn"]) == 0
     assert "final_mask_ap" not in json.loads((tmp_path / "f" / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
+    """Each process evaluates half the images; the gathered COCO metrics equal a one-process evaluation."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29519", "-m", "coat.cli", "detect", "train", *coco_set, *TINY,
+                             "--batch-size", "1", "--epochs", "1", "--output", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert main(["detect", "eval", "--checkpoint", str(out / "best.safetensors"), "--images", coco_set[5],
+                 "--annotations", coco_set[7], "--workers", "0", "--output", str(tmp_path / "ev")]) == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["images"] == 4 and results["box_ap"] == pytest.approx(summary["best_box_ap"], abs=1e-6)

@@ -42,7 +42,7 @@ class DetectConfig(RunConfig):
 
 RECIPES: dict[str, dict[str, Any]] = {
     "coco": {},
-    # Images of 128-160 px with 1-4 large shapes; from scratch on 2 CPU cores in minutes.
+    # Images of 128-160 px with 1-4 large shapes, from scratch: about 40 minutes on 2 CPU cores for 300 images.
     "shapes": {
         "epochs": 5, "batch_size": 4, "lr": 3e-4, "lr_steps": (4,), "warmup_iters": 50,
         "min_sizes": (128, 144, 160), "max_size": 256, "box_batch_size_per_image": 128,
