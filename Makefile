@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_inference.py --all --repeats 3
 	$(PY) benchmarks/bench_inference.py --batch-size 1 --repeats 30
-	$(PY) benchmarks/bench_compile.py --models coat_lite_tiny coat_tiny
+	$(PY) benchmarks/bench_compile.py
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_resolution.py
