@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from coat.bench import bench_arguments, check_same_outputs, machine_line, model_names, peak_bytes, saved_bytes, timm_pair
+from coat.bench import (
+    bench_arguments, check_same_outputs, machine_line, model_names, peak_bytes, saved_bytes, timm_pair,
+)
 
 
 def step_peak(model: torch.nn.Module, x: torch.Tensor) -> int:

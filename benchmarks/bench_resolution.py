@@ -12,7 +12,9 @@ from __future__ import annotations
 import timm
 import torch
 
-from coat.bench import bench_arguments, check_same_outputs, interleaved, machine_line, model_names, peak_bytes, timm_pair
+from coat.bench import (
+    bench_arguments, check_same_outputs, interleaved, machine_line, model_names, peak_bytes, timm_pair,
+)
 
 
 def main() -> None:

@@ -169,7 +169,9 @@ def test_tiled_mlp_backward_is_exact():
         return torch.randn(*shape, dtype=torch.double, requires_grad=True)
 
     rows, dim, hidden = 10, 4, 8  # 3 rows per tile: four tiles, the last one short
-    inputs = (leaf(rows, dim), leaf(dim), leaf(dim), leaf(hidden, dim), leaf(hidden), leaf(dim, hidden), leaf(dim), 1e-6, 3)
+    norm = (leaf(dim), leaf(dim))
+    fc1, fc2 = (leaf(hidden, dim), leaf(hidden)), (leaf(dim, hidden), leaf(dim))
+    inputs = (leaf(rows, dim), *norm, *fc1, *fc2, 1e-6, 3)
     assert torch.autograd.gradcheck(NormMlpFunction.apply, inputs)
 
 

@@ -38,7 +38,9 @@ class Timing:
 DEFAULT_MODELS = ["coat_lite_tiny", "coat_tiny"]
 
 
-def bench_arguments(description: str, batch_size: int = 16, size: int = 224, repeats: int = 10) -> argparse.ArgumentParser:
+def bench_arguments(
+    description: str, batch_size: int = 16, size: int = 224, repeats: int = 10
+) -> argparse.ArgumentParser:
     """The options every script in benchmarks/ shares: which models, batch, input size, repeats."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)

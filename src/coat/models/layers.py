@@ -152,7 +152,8 @@ class Mlp(nn.Module):
     """fc1 -> GELU (exact) -> fc2.
 
     In eager CPU inference fc1 and the GELU run as one oneDNN kernel (same numbers, one pass less
-    over the widest activation); training, tracing and compilation use the plain modules.
+    over the widest activation). On CPU, blocks call ``residual``, which runs in row tiles (see
+    ``tiled_mlp``); tracing, compilation and other devices use the plain modules.
     """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
