@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
@@ -152,7 +151,7 @@ def run_predict(args: argparse.Namespace) -> int:
             output = keep_confident(model([TF.to_dtype(image, torch.float32, scale=True).to(device)])[0],
                                     args.score_threshold)
             output = {k: v.cpu() for k, v in output.items()}
-            write_png(draw_detections(image, output, spec.class_names), str(picture))
+            TF.to_pil_image(draw_detections(image, output, spec.class_names)).save(picture)
             results += [{**r, "file_name": str(path)} for r in to_coco_results(output, image_id, spec.category_ids)]
             counts.append(len(output["scores"]))
     json_path.write_text(json.dumps(results) + "\n")
