@@ -175,9 +175,13 @@ def test_tiled_mlp_backward_is_exact():
     assert torch.autograd.gradcheck(NormMlpFunction.apply, inputs)
 
 
+@pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])
 @pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
-def test_training_gradients_equal_timm(name):
+def test_training_gradients_equal_timm(name, recompute, monkeypatch):
     pytest.importorskip("timm")
+    import coat.models.tiled_mlp as tiled_mlp
+
+    monkeypatch.setattr(tiled_mlp, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
     from coat.bench import timm_pair
     from coat.checkpoint import official_to_coat
 

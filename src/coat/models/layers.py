@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import tiled_mlp
 from .tiled_mlp import NormMlpFunction, tile_rows
 
 Grid = tuple[int, int]
@@ -169,7 +170,7 @@ class Mlp(nn.Module):
         """
         if eager_cpu_inference(x) and x.is_contiguous():
             return self._residual_in_row_tiles_(x, norm)
-        if _use_tiled_cpu_training(x):
+        if _use_tiled_cpu_training(x, self.fc1.out_features):
             rows = x.reshape(-1, x.shape[-1])  # [B*N, C]
             branch = NormMlpFunction.apply(rows, norm.weight, norm.bias, self.fc1.weight, self.fc1.bias,
                                            self.fc2.weight, self.fc2.bias, norm.eps,
@@ -206,10 +207,12 @@ def eager_cpu_inference(x: torch.Tensor) -> bool:
     )
 
 
-def _use_tiled_cpu_training(x: torch.Tensor) -> bool:
-    """True in eager CPU float32 training (autograd on, no autocast), where row tiles keep the MLP in cache."""
+def _use_tiled_cpu_training(x: torch.Tensor, hidden_dim: int) -> bool:
+    """True in eager CPU float32 training (autograd on, no autocast) with hidden activations large enough
+    that recomputing them pays (``tiled_mlp.RECOMPUTE_MIN_HIDDEN_ELEMENTS``)."""
     return (
         x.device.type == "cpu"
+        and x.numel() // x.shape[-1] * hidden_dim >= tiled_mlp.RECOMPUTE_MIN_HIDDEN_ELEMENTS
         and x.dtype == torch.float32
         and torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
