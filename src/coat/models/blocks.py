@@ -15,6 +15,9 @@ from .layers import (
 )
 
 LN_EPS = 1e-6
+# Inference runs a stage's blocks on chunks of samples whose token tensors hold about 4 MiB of float32:
+# the activations of a chunk then stay in cache and in the allocator's heap (BENCHMARKS.md)
+CHUNK_ELEMENTS = 2**20
 
 
 class SerialBlock(nn.Module):
@@ -66,9 +69,19 @@ class Stage(nn.Module):
         """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` and their grid."""
         image_tokens, grid = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand_as(image_tokens[:, :1]), image_tokens), dim=1)  # [B, 1+H*W, C]
+        if eager_cpu_inference(x):  # samples are independent here: a few at a time keep the activations in cache
+            return torch.cat([self._run_blocks(chunk, grid) for chunk in x.split(samples_per_chunk(x))]), grid
+        return self._run_blocks(x, grid), grid
+
+    def _run_blocks(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         for block in self.blocks:
             x = run_block(block, self.grad_checkpointing, x, grid, self.cpe, self.crpe)
-        return x, grid
+        return x
+
+
+def samples_per_chunk(tokens: torch.Tensor) -> int:
+    """How many samples of ``[B, N, C]`` make a chunk of about ``CHUNK_ELEMENTS`` floats (at least one)."""
+    return max(1, CHUNK_ELEMENTS // (tokens.shape[1] * tokens.shape[2]))
 
 
 def run_block(block: nn.Module, use_checkpoint: bool, *args: object) -> torch.Tensor:
