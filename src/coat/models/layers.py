@@ -10,6 +10,7 @@ convolutions consume.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import tiled_mlp
@@ -64,6 +65,8 @@ class ConvRelPosEnc(nn.Module):
 
     Heads are split into groups, each with its own depthwise window (``{3: 2, 5: 3, 7: 3}``
     means the first 2 heads' channels use a 3x3 window, the next 3 a 5x5, the last 3 a 7x7).
+    The groups run as one depthwise conv whose smaller kernels are zero-padded to the largest
+    window: the same numbers in one call, without copying each group's channels out of ``v``.
     """
 
     def __init__(self, head_dim: int, windows: dict[int, int]) -> None:
@@ -73,12 +76,18 @@ class ConvRelPosEnc(nn.Module):
             nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch)
             for window, ch in zip(windows, self.channel_splits)
         )
+        self.largest_window = max(windows)
+
+    def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The groups' kernels zero-padded to the largest window and stacked: ``[C, 1, k, k]``, bias ``[C]``."""
+        padded = [F.pad(conv.weight, [(self.largest_window - conv.kernel_size[0]) // 2] * 4) for conv in self.convs]
+        return torch.cat(padded), torch.cat([conv.bias for conv in self.convs])
 
     def forward(self, v_image: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Depthwise convs of the values: ``[B, H*W, C]`` -> ``[B, H*W, C]`` (the caller multiplies by q)."""
         v_nchw = v_image.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W] view
-        groups = torch.split(v_nchw, self.channel_splits, dim=1)
-        encoded = torch.cat([conv(g) for conv, g in zip(self.convs, groups)], dim=1)
+        weight, bias = self.merged_kernel()
+        encoded = F.conv2d(v_nchw, weight, bias, padding=self.largest_window // 2, groups=v_nchw.shape[1])
         return encoded.flatten(2).transpose(1, 2)
 
 
