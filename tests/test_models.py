@@ -153,13 +153,33 @@ def test_grad_checkpointing_same_gradients_less_saved_memory(name):
     assert ckpt_bytes < 0.5 * plain_bytes
 
 
+@pytest.mark.parametrize("chunk_elements", [2**20, 1], ids=["whole-batch", "one-sample-chunks"])
 @pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
-def test_inference_fast_path_equals_training_path(name):
+def test_inference_fast_path_equals_training_path(name, chunk_elements, monkeypatch):
+    from coat.models import blocks
+
+    monkeypatch.setattr(blocks, "CHUNK_ELEMENTS", chunk_elements)
     model = coat.create_model(name, num_classes=10).eval()
-    x = torch.randn(2, 3, 160, 128)  # 40x32 stage-1 tokens: the sliced-heads path
+    x = torch.randn(3, 3, 160, 128)  # 40x32 stage-1 tokens: the sliced-heads path
     with torch.no_grad():
         fast = model(x)
     assert torch.allclose(fast, model(x), atol=1e-5)
+
+
+def test_compiled_cpu_inference_runs_the_eager_fast_path(monkeypatch):
+    from coat.models import blocks
+
+    chunked = []
+    samples_per_chunk = blocks.samples_per_chunk
+    monkeypatch.setattr(blocks, "samples_per_chunk", lambda t: chunked.append(t.shape) or samples_per_chunk(t))
+    model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(x)
+        chunked.clear()
+        compiled = torch.compile(model)(x)
+    assert len(chunked) == 4  # each stage ran its eager, chunked path inside the compiled model
+    assert torch.allclose(compiled, eager, atol=1e-5)
 
 
 def test_tiled_mlp_backward_is_exact():

@@ -11,7 +11,7 @@ from torch import nn
 
 from .blocks import LN_EPS, ParallelBlock, Stage, run_block
 from .config import CoaTConfig
-from .layers import Grid, tokens_to_nchw
+from .layers import Grid, compiled_cpu_inference, tokens_to_nchw
 
 MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
 
@@ -58,6 +58,18 @@ class CoaT(nn.Module):
     def forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids."""
         _check_input(x, self.config.in_chans)
+        if compiled_cpu_inference(x):
+            return self._forward_tokens_eagerly(x)
+        return self._forward_tokens(x)
+
+    @torch.compiler.disable
+    def _forward_tokens_eagerly(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
+        """Under ``torch.compile``, CPU inference runs the stages and parallel blocks eagerly: their eager
+        fast path (sample chunks, row tiles, in-place updates) beats Inductor's code for them on CPU
+        (BENCHMARKS.md), so the compiler only gets the head."""
+        return self._forward_tokens(x)
+
+    def _forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         tokens, grids = [], []
         feature = x
         for stage in self.stages:

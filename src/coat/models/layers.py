@@ -205,13 +205,16 @@ class Mlp(nn.Module):
 def eager_cpu_inference(x: torch.Tensor) -> bool:
     """True in eager, gradient-free CPU float32 inference: row tiles and sample chunks pay, and blocks may
     update the tensors they own in place."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not tracing()
-    )
+    return _cpu_float32_inference(x) and not torch.compiler.is_compiling() and not tracing()
+
+
+def compiled_cpu_inference(x: torch.Tensor) -> bool:
+    """True while ``torch.compile`` (not ``torch.export``) traces gradient-free CPU float32 inference."""
+    return _cpu_float32_inference(x) and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
+def _cpu_float32_inference(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 def _use_tiled_cpu_training(x: torch.Tensor, hidden_dim: int) -> bool:
