@@ -214,7 +214,13 @@ def compiled_cpu_inference(x: torch.Tensor) -> bool:
 
 
 def _cpu_float32_inference(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+    """Gradient-free CPU inference computing in float32 (no autocast to a lower precision)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def _use_tiled_cpu_training(x: torch.Tensor, hidden_dim: int) -> bool:
