@@ -178,7 +178,7 @@ def test_compiled_cpu_inference_runs_the_eager_fast_path(monkeypatch):
         eager = model(x)
         chunked.clear()
         compiled = torch.compile(model)(x)
-    assert len(chunked) == 4  # each stage ran its eager, chunked path inside the compiled model
+    assert len(chunked) >= 4  # each stage took its eager, chunked path inside the compiled model
     assert torch.allclose(compiled, eager, atol=1e-5)
 
 
