@@ -167,19 +167,26 @@ def test_inference_fast_path_equals_training_path(name, chunk_elements, monkeypa
 
 
 def test_compiled_cpu_inference_runs_the_eager_fast_path(monkeypatch):
+    import copy
+
     from coat.models import blocks
 
     chunked = []
     samples_per_chunk = blocks.samples_per_chunk
     monkeypatch.setattr(blocks, "samples_per_chunk", lambda t: chunked.append(t.shape) or samples_per_chunk(t))
     model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64)
+    changed = copy.deepcopy(model)  # a copy registers itself: its compiled op must use its own weights
     with torch.no_grad():
-        eager = model(x)
-        chunked.clear()
-        compiled = torch.compile(model)(x)
-    assert len(chunked) >= 4  # each stage took its eager, chunked path inside the compiled model
-    assert torch.allclose(compiled, eager, atol=1e-5)
+        for p in changed.parameters():
+            p.mul_(1.1)
+        for size in [(64, 64), (64, 96)]:  # the second size recompiles with dynamic shapes
+            x = torch.randn(2, 3, *size)
+            for m in (model, changed):
+                eager = m(x)
+                chunked.clear()
+                compiled = torch.compile(m, fullgraph=True)(x)  # one opaque operator: no graph break
+                assert len(chunked) >= 4  # each stage took its eager, chunked path inside the compiled model
+                assert torch.allclose(compiled, eager, atol=1e-5)
 
 
 def test_tiled_mlp_backward_is_exact():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
+import weakref
 
 import torch
 from torch import nn
@@ -50,6 +51,11 @@ class CoaT(nn.Module):
         self.apply(_init_weights)
         for stage in self.stages:
             nn.init.trunc_normal_(stage.cls_token, std=0.02)
+        self._registry_key = register_model(self)
+
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy and unpickling: the copy registers itself
+        super().__setstate__(state)
+        self._registry_key = register_model(self)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -59,15 +65,18 @@ class CoaT(nn.Module):
         """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids."""
         _check_input(x, self.config.in_chans)
         if compiled_cpu_inference(x):
-            return self._forward_tokens_eagerly(x)
+            grids = self.grids(x.shape[2], x.shape[3])
+            image_tokens = [h * w for h, w in grids]
+            return list(eager_tokens(x, self._registry_key, list(self.config.embed_dims), image_tokens)), grids
         return self._forward_tokens(x)
 
-    @torch.compiler.disable
-    def _forward_tokens_eagerly(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
-        """Under ``torch.compile``, CPU inference runs the stages and parallel blocks eagerly: their eager
-        fast path (sample chunks, row tiles, in-place updates) beats Inductor's code for them on CPU
-        (BENCHMARKS.md), so the compiler only gets the head."""
-        return self._forward_tokens(x)
+    def grids(self, height: int, width: int) -> list[Grid]:
+        """Token grids of the four scales for an ``height x width`` input (floor division per stage)."""
+        grids = []
+        for patch in self.config.patch_sizes:
+            height, width = height // patch, width // patch
+            grids.append((height, width))
+        return grids
 
     def _forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         tokens, grids = [], []
@@ -148,3 +157,31 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+# torch.compile of CPU float32 inference calls the eager fast path (sample chunks, row tiles, in-place
+# updates) as one opaque operator: on CPU it beats the code Inductor generates for the blocks
+# (BENCHMARKS.md), and an operator, unlike a graph break, also works with fullgraph=True. The operator
+# finds its model by a key registered when the model is built or copied (not while tracing).
+_MODELS: dict[int, weakref.ref[CoaT]] = {}
+
+
+def register_model(model: CoaT) -> int:
+    """Make ``model`` reachable from ``eager_tokens`` by an integer key (its id)."""
+    for key in [key for key, ref in _MODELS.items() if ref() is None]:  # forget models that are gone
+        del _MODELS[key]
+    _MODELS[id(model)] = weakref.ref(model)
+    return id(model)
+
+
+@torch.library.custom_op("coat::eager_tokens", mutates_args=())
+def eager_tokens(x: torch.Tensor, model_key: int, dims: list[int], num_image_tokens: list[int]) -> list[torch.Tensor]:
+    """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``forward_tokens``, computed eagerly."""
+    return _MODELS[model_key]()._forward_tokens(x)[0]
+
+
+@eager_tokens.register_fake
+def _eager_tokens_shapes(
+    x: torch.Tensor, model_key: int, dims: list[int], num_image_tokens: list[int]
+) -> list[torch.Tensor]:
+    return [x.new_empty(x.shape[0], 1 + n, dim) for n, dim in zip(num_image_tokens, dims)]
