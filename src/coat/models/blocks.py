@@ -69,9 +69,10 @@ class Stage(nn.Module):
         """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` and their grid."""
         image_tokens, grid = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand_as(image_tokens[:, :1]), image_tokens), dim=1)  # [B, 1+H*W, C]
-        if eager_cpu_inference(x) and x.shape[0] > samples_per_chunk(x):
-            # samples are independent here: a few at a time keep the activations in cache
-            return torch.cat([self._run_blocks(chunk, grid) for chunk in x.split(samples_per_chunk(x))]), grid
+        if eager_cpu_inference(x):  # samples are independent here: a few at a time keep the activations in cache
+            chunks = x.split(samples_per_chunk(x))
+            if len(chunks) > 1:
+                return torch.cat([self._run_blocks(chunk, grid) for chunk in chunks]), grid
         return self._run_blocks(x, grid), grid
 
     def _run_blocks(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -71,10 +71,9 @@ class ConvRelPosEnc(nn.Module):
 
     def __init__(self, head_dim: int, windows: dict[int, int]) -> None:
         super().__init__()
-        self.channel_splits = [heads * head_dim for heads in windows.values()]
+        channel_splits = [heads * head_dim for heads in windows.values()]
         self.convs = nn.ModuleList(
-            nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch)
-            for window, ch in zip(windows, self.channel_splits)
+            nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch) for window, ch in zip(windows, channel_splits)
         )
         self.largest_window = max(windows)
 
