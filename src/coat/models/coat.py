@@ -65,12 +65,12 @@ class CoaT(nn.Module):
         """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids."""
         _check_input(x, self.config.in_chans)
         if compiled_cpu_inference(x):
-            grids = self.grids(x.shape[2], x.shape[3])
+            grids = self._grids(x.shape[2], x.shape[3])
             image_tokens = [h * w for h, w in grids]
             return list(eager_tokens(x, self._registry_key, list(self.config.embed_dims), image_tokens)), grids
         return self._forward_tokens(x)
 
-    def grids(self, height: int, width: int) -> list[Grid]:
+    def _grids(self, height: int, width: int) -> list[Grid]:
         """Token grids of the four scales for an ``height x width`` input (floor division per stage)."""
         grids = []
         for patch in self.config.patch_sizes:
