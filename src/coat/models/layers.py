@@ -65,8 +65,11 @@ class ConvRelPosEnc(nn.Module):
 
     Heads are split into groups, each with its own depthwise window (``{3: 2, 5: 3, 7: 3}``
     means the first 2 heads' channels use a 3x3 window, the next 3 a 5x5, the last 3 a 7x7).
-    The groups run as one depthwise conv whose smaller kernels are zero-padded to the largest
-    window: the same numbers in one call, without copying each group's channels out of ``v``.
+    Without autograd the groups run as one depthwise conv whose smaller kernels are zero-padded to
+    the largest window: the same numbers in one call, without copying each group's channels out of
+    ``v``. With autograd each group runs its own conv on a contiguous channels-last copy of its
+    channels: the backward passes of the small windows cost less than those of a padded 7x7 window
+    over all channels (BENCHMARKS.md).
     """
 
     def __init__(self, head_dim: int, windows: dict[int, int]) -> None:
@@ -85,8 +88,13 @@ class ConvRelPosEnc(nn.Module):
     def forward(self, v_image: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Depthwise convs of the values: ``[B, H*W, C]`` -> ``[B, H*W, C]`` (the caller multiplies by q)."""
         v_nchw = v_image.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W] view
-        weight, bias = self.merged_kernel()
-        encoded = F.conv2d(v_nchw, weight, bias, padding=self.largest_window // 2, groups=v_nchw.shape[1])
+        if torch.is_grad_enabled():
+            groups = v_nchw.split([conv.in_channels for conv in self.convs], dim=1)
+            encoded = torch.cat([conv(group.contiguous(memory_format=torch.channels_last))
+                                 for conv, group in zip(self.convs, groups)], dim=1)  # [B, C, H, W]
+        else:
+            weight, bias = self.merged_kernel()
+            encoded = F.conv2d(v_nchw, weight, bias, padding=self.largest_window // 2, groups=v_nchw.shape[1])
         return encoded.flatten(2).transpose(1, 2)
 
 
