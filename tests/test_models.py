@@ -202,6 +202,22 @@ def test_tiled_mlp_backward_is_exact():
     assert torch.autograd.gradcheck(NormMlpFunction.apply, inputs)
 
 
+def test_grouped_depthwise_conv_backward_is_exact():
+    from coat.models.grouped_conv import GroupedDepthwiseConv
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
+
+    weights = [leaf(2, 1, 3, 3), leaf(3, 1, 5, 5), leaf(3, 1, 7, 7)]  # CRPE's three windows
+    biases = [leaf(w.shape[0]) for w in weights]
+
+    def crpe_of_values(qkv, *weights_then_biases):  # values: a strided view behind the CLS token, as in CRPE
+        values = qkv[:, 1:, 16:].transpose(1, 2).unflatten(2, (4, 5))  # [2, 8, 4, 5]
+        return GroupedDepthwiseConv.apply(values, *weights_then_biases)
+
+    assert torch.autograd.gradcheck(crpe_of_values, (leaf(2, 21, 24), *weights, *biases))
+
+
 @pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])
 @pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
 def test_training_gradients_equal_timm(name, recompute, monkeypatch):

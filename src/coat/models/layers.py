@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tiled_mlp
+from .grouped_conv import GroupedDepthwiseConv
 from .tiled_mlp import NormMlpFunction, tile_rows
 
 Grid = tuple[int, int]
@@ -68,8 +69,8 @@ class ConvRelPosEnc(nn.Module):
     Without autograd the groups run as one depthwise conv whose smaller kernels are zero-padded to
     the largest window: the same numbers in one call, without copying each group's channels out of
     ``v``. With autograd each group runs its own conv on a contiguous channels-last copy of its
-    channels: the backward passes of the small windows cost less than those of a padded 7x7 window
-    over all channels (BENCHMARKS.md).
+    channels (``GroupedDepthwiseConv``, which keeps no copies for backward): the backward passes of
+    the small windows cost less than those of a padded 7x7 window over all channels (BENCHMARKS.md).
     """
 
     def __init__(self, head_dim: int, windows: dict[int, int]) -> None:
@@ -89,9 +90,8 @@ class ConvRelPosEnc(nn.Module):
         """Depthwise convs of the values: ``[B, H*W, C]`` -> ``[B, H*W, C]`` (the caller multiplies by q)."""
         v_nchw = v_image.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W] view
         if torch.is_grad_enabled():
-            groups = v_nchw.split([conv.in_channels for conv in self.convs], dim=1)
-            encoded = torch.cat([conv(group.contiguous(memory_format=torch.channels_last))
-                                 for conv, group in zip(self.convs, groups)], dim=1)  # [B, C, H, W]
+            encoded = GroupedDepthwiseConv.apply(v_nchw, *[conv.weight for conv in self.convs],
+                                                 *[conv.bias for conv in self.convs])  # [B, C, H, W]
         else:
             weight, bias = self.merged_kernel()
             encoded = F.conv2d(v_nchw, weight, bias, padding=self.largest_window // 2, groups=v_nchw.shape[1])
