@@ -12,6 +12,7 @@ from torch import nn
 
 from .blocks import LN_EPS, ParallelBlock, Stage, run_block
 from .config import CoaTConfig
+from .grouped_conv import channels_last
 from .layers import Grid, compiled_cpu_inference, tokens_to_nchw
 
 MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
@@ -80,7 +81,9 @@ class CoaT(nn.Module):
 
     def _forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         tokens, grids = [], []
-        feature = x
+        # channels-last images: stage 1's patch convolution then writes its tokens as a view (3.4x faster at batch
+        # 16); later stages read channels-last views of the tokens already
+        feature = channels_last(x)
         for stage in self.stages:
             out, grid = stage(feature)
             tokens.append(out)
@@ -98,7 +101,7 @@ class CoaT(nn.Module):
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four feature maps ``[B, C_s, H/r, W/r]`` for r = 4, 8, 16, 32 (CLS removed)."""
         tokens, grids = self.forward_tokens(x)
-        return [tokens_to_nchw(t, g).contiguous(memory_format=torch.channels_last) for t, g in zip(tokens, grids)]
+        return [channels_last(tokens_to_nchw(t, g)) for t, g in zip(tokens, grids)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized CLS tokens the head reads: ``[B, 1, C]`` (Lite) or ``[B, 3, C]`` (CoaT)."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import tiled_mlp
-from .grouped_conv import GroupedDepthwiseConv, channels_last
+from .grouped_conv import GroupedDepthwiseConv
 from .tiled_mlp import NormMlpFunction, tile_rows
 
 Grid = tuple[int, int]
@@ -40,8 +40,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)  # default eps 1e-5, as in the authors' release
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        # channels-last in and out: the tokens below are then a view, not a copy (3.4x faster at stage 1)
-        x = self.proj(channels_last(x))  # [B, C, H/p, W/p] (floor division, as the authors' code)
+        x = self.proj(x)  # [B, C, H/p, W/p] (floor division, as the authors' code)
         grid = (x.shape[2], x.shape[3])
         return self.norm(nchw_to_tokens(x)), grid  # [B, H*W, C]
 
