@@ -14,6 +14,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(params=["fast", "reference"])
+def speed_path(request):
+    """Run a test as users get it (the seam picks a fast path where one applies) and on the reference modules."""
+    import coat
+
+    if request.param == "reference":
+        with coat.fast.only():
+            yield request.param
+    else:
+        yield request.param
+
+
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory):
     """Path of an authors'-format .pth (weights under 'model') for a variant, made once per variant."""

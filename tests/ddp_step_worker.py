@@ -26,7 +26,8 @@ def main() -> None:
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # built on the bare model, as the training loop does
     train_step(DistributedDataParallel(model), images[mine], targets[mine], optimizer, label_smoothing=0.1)
     if info.rank == 0:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+        grads = {f"grad.{n}": p.grad.contiguous() for n, p in model.named_parameters()}  # averaged over the ranks
+        save_file({**{k: v.contiguous() for k, v in model.state_dict().items()}, **grads}, out)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import torch
 import coat
 from coat.commands.model_commands import measured_gmacs
 
+pytestmark = pytest.mark.usefixtures("speed_path")  # every test here on the reference and the fast paths
+
 ALL = coat.list_models()
 COAT_FULL = [n for n in ALL if not coat.VARIANTS[n].config.is_lite]
 
@@ -151,88 +153,3 @@ def test_grad_checkpointing_same_gradients_less_saved_memory(name):
     for n in plain:
         assert torch.allclose(plain[n], ckpt[n], atol=1e-5, rtol=1e-4), n
     assert ckpt_bytes < 0.5 * plain_bytes
-
-
-@pytest.mark.parametrize("chunk_elements", [2**20, 1], ids=["whole-batch", "one-sample-chunks"])
-@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
-def test_inference_fast_path_equals_training_path(name, chunk_elements, monkeypatch):
-    from coat.models import blocks
-
-    monkeypatch.setattr(blocks, "CHUNK_ELEMENTS", chunk_elements)
-    model = coat.create_model(name, num_classes=10).eval()
-    x = torch.randn(3, 3, 160, 128)  # 40x32 stage-1 tokens: the sliced-heads path
-    with torch.no_grad():
-        fast = model(x)
-    assert torch.allclose(fast, model(x), atol=1e-5)
-
-
-def test_compiled_cpu_inference_runs_the_eager_fast_path(monkeypatch):
-    import copy
-
-    from coat.models import blocks
-
-    chunked = []
-    samples_per_chunk = blocks.samples_per_chunk
-    monkeypatch.setattr(blocks, "samples_per_chunk", lambda t: chunked.append(t.shape) or samples_per_chunk(t))
-    model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
-    changed = copy.deepcopy(model)  # a copy registers itself: its compiled op must use its own weights
-    with torch.no_grad():
-        for p in changed.parameters():
-            p.mul_(1.1)
-        for size in [(64, 64), (64, 96)]:  # the second size recompiles with dynamic shapes
-            x = torch.randn(2, 3, *size)
-            for m in (model, changed):
-                eager = m(x)
-                chunked.clear()
-                compiled = torch.compile(m, fullgraph=True)(x)  # one opaque operator: no graph break
-                assert len(chunked) >= 4  # each stage took its eager, chunked path inside the compiled model
-                assert torch.allclose(compiled, eager, atol=1e-5)
-
-
-def test_tiled_mlp_backward_is_exact():
-    from coat.models.tiled_mlp import NormMlpFunction
-
-    def leaf(*shape):
-        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
-
-    rows, dim, hidden = 10, 4, 8  # 3 rows per tile: four tiles, the last one short
-    norm = (leaf(dim), leaf(dim))
-    fc1, fc2 = (leaf(hidden, dim), leaf(hidden)), (leaf(dim, hidden), leaf(dim))
-    inputs = (leaf(rows, dim), *norm, *fc1, *fc2, 1e-6, 3)
-    assert torch.autograd.gradcheck(NormMlpFunction.apply, inputs)
-
-
-def test_grouped_depthwise_conv_backward_is_exact():
-    from coat.models.grouped_conv import GroupedDepthwiseConv
-
-    def leaf(*shape):
-        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
-
-    weights = [leaf(2, 1, 3, 3), leaf(3, 1, 5, 5), leaf(3, 1, 7, 7)]  # CRPE's three windows
-    biases = [leaf(w.shape[0]) for w in weights]
-
-    def crpe_of_values(qkv, *weights_then_biases):  # values: a strided view behind the CLS token, as in CRPE
-        values = qkv[:, 1:, 16:].transpose(1, 2).unflatten(2, (4, 5))  # [2, 8, 4, 5]
-        return GroupedDepthwiseConv.apply(values, *weights_then_biases)
-
-    assert torch.autograd.gradcheck(crpe_of_values, (leaf(2, 21, 24), *weights, *biases))
-
-
-@pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])
-@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
-def test_training_gradients_equal_timm(name, recompute, monkeypatch):
-    pytest.importorskip("timm")
-    import coat.models.tiled_mlp as tiled_mlp
-
-    monkeypatch.setattr(tiled_mlp, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
-    from coat.bench import timm_pair
-    from coat.checkpoint import official_to_coat
-
-    ours, peer = timm_pair(name, num_classes=10, img_size=(64, 96))
-    x = torch.randn(2, 3, 64, 96)
-    for model in (ours, peer):
-        model.train()
-        model(x).square().sum().backward()
-    peer_grads, _ = official_to_coat({n: p.grad for n, p in peer.named_parameters()})
-    for n, p in ours.named_parameters():
-        assert torch.allclose(p.grad, peer_grads[n], atol=1e-5, rtol=1e-4), n

@@ -7,6 +7,8 @@ from safetensors.torch import save_file
 
 import coat
 
+pytestmark = pytest.mark.usefixtures("speed_path")  # on the reference and the fast paths
+
 TOL = 1e-4
 FIXTURE_VARIANTS = ["coat_lite_tiny", "coat_tiny"]
 

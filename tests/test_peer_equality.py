@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import coat
+
+pytestmark = pytest.mark.usefixtures("speed_path")  # on the reference and the fast paths
 from coat.bench import timm_pair
 
 pytest.importorskip("timm")  # a test extra; the fixture tests cover the authors' outputs without it

@@ -69,9 +69,17 @@ def test_ddp_step_equals_single_process_double_batch(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, targets = make_batch(8)
     train_step(model, images, targets, build_optimizer(model, lr=1e-4, weight_decay=0.05), label_smoothing=0.1)
+    grads = dict(model.named_parameters())
     moved = 0
     for name, value in model.state_dict().items():
-        assert (ddp[name] - value).abs().max().item() < 1e-5, name
+        grad = grads[name].grad
+        grad_error = (ddp[f"grad.{name}"] - grad).abs().max()
+        assert grad_error <= 1e-4 * grad.abs().max(), name  # DDP averages the gradients
+        # Adam's first step is lr * g / (|g| + eps): where |g| is near eps, round-off in g (two processes on
+        # one thread each against one on two) moves the step by a sizeable part of lr, so weights are
+        # compared where the step is well defined
+        settled = grad.abs() > 1e-6
+        assert (ddp[name] - value)[settled].abs().max().item() < 1e-6, name
         moved += not torch.equal(value, before[name])
     assert moved > 100  # the step really changed the weights
 

@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from .grouped_conv import channels_last
 from .layers import (
-    ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, Mlp, PatchEmbed, eager_cpu_inference, tokens_to_nchw,
+    ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, Mlp, PatchEmbed, factorized_context, resize_image_tokens,
 )
 
 LN_EPS = 1e-6
-# Inference runs a stage's blocks on chunks of samples whose token tensors hold about 4 MiB of float32:
-# the activations of a chunk then stay in cache and in the allocator's heap (BENCHMARKS.md)
-CHUNK_ELEMENTS = 2**20
 
 
 class SerialBlock(nn.Module):
@@ -38,7 +33,7 @@ class SerialBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid: Grid, cpe: ConvPosEnc, crpe: ConvRelPosEnc) -> torch.Tensor:
         x = cpe(x, grid)  # [B, 1+H*W, C]
         x = x + self.drop_path(self.attn(self.norm1(x), grid, crpe))
-        return self.mlp.residual(x, self.norm2, self.drop_path)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class Stage(nn.Module):
@@ -66,25 +61,17 @@ class Stage(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` and their grid."""
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """``[B, C_in, H, W]`` -> patch tokens behind the CLS token ``[B, 1 + H/p * W/p, C]`` and their grid."""
         image_tokens, grid = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand_as(image_tokens[:, :1]), image_tokens), dim=1)  # [B, 1+H*W, C]
-        if eager_cpu_inference(x):  # samples are independent here: a few at a time keep the activations in cache
-            chunks = x.split(samples_per_chunk(x))
-            if len(chunks) > 1:
-                return torch.cat([self._run_blocks(chunk, grid) for chunk in chunks]), grid
-        return self._run_blocks(x, grid), grid
+        return torch.cat((self.cls_token.expand(x.shape[0], -1, -1), image_tokens), dim=1), grid
 
-    def _run_blocks(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` after the serial blocks, and their grid."""
+        x, grid = self.embed(x)
         for block in self.blocks:
             x = run_block(block, self.grad_checkpointing, x, grid, self.cpe, self.crpe)
-        return x
-
-
-def samples_per_chunk(tokens: torch.Tensor) -> int:
-    """How many samples of ``[B, N, C]`` make a chunk of about ``CHUNK_ELEMENTS`` floats (at least one)."""
-    return max(1, CHUNK_ELEMENTS // (tokens.shape[1] * tokens.shape[2]))
+        return x, grid
 
 
 def run_block(block: nn.Module, use_checkpoint: bool, *args: object) -> torch.Tensor:
@@ -94,26 +81,16 @@ def run_block(block: nn.Module, use_checkpoint: bool, *args: object) -> torch.Te
     return block(*args)
 
 
-def resize_image_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
-    """Bilinearly resize the image tokens of ``x`` to ``target`` (by size): -> ``[B, h*w, C]``."""
-    image = F.interpolate(tokens_to_nchw(x, grid), size=target, mode="bilinear", align_corners=False)
-    if image.requires_grad and not torch.compiler.is_compiling():
-        # its gradient arrives as a strided view of a [B, 1+h*w, C] gradient, which the CPU kernel of the
-        # backward pass reads about 7x slower than a channels-last copy (BENCHMARKS.md)
-        image.register_hook(channels_last)
-    return image.flatten(2).transpose(1, 2)
-
-
 def resize_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     """``resize_image_tokens`` with the CLS token kept in front: -> ``[B, 1+h*w, C]``."""
     return torch.cat((x[:, :1], resize_image_tokens(x, grid, target)), dim=1)
 
 
 class ParallelBlock(nn.Module):
-    """Co-scale block on scales 2-4: per-scale conv-attention, cross-scale mixing, shared MLP.
+    """Co-scale block on scales 2-4: per-scale CPE and conv-attention, cross-scale mixing, shared MLP.
 
-    ``coscale="interpolate"`` (the released models): each scale's attention output gets the
-    other scales' outputs added, resized to its grid.
+    ``coscale="interpolate"`` (the released models, feature interpolation): each scale's attention
+    output gets the other scales' outputs added, resized to its grid; the CLS tokens are summed.
 
     ``coscale="attention"`` (the paper's direct cross-layer attention, which the authors did not
     release): each scale's queries read the contexts ``softmax(k)^T v`` of its own keys/values
@@ -149,35 +126,42 @@ class ParallelBlock(nn.Module):
         else:
             mixed = self._mix_by_attention(normed, grids, crpes)
         xs = [x + self.drop_path(m) for x, m in zip(xs, mixed)]
-        return [self.mlp.residual(x, norm, self.drop_path) for norm, x in zip(self.norms2, xs)]
+        return [x + self.drop_path(self.mlp(norm(x))) for norm, x in zip(self.norms2, xs)]
 
     def _mix_by_interpolation(
         self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
     ) -> list[torch.Tensor]:
         outs = [attn(x, grid, crpe) for attn, x, grid, crpe in zip(self.attns, normed, grids, crpes)]
-        cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]: CLS tokens are summed as they are
-        resized = [[resize_image_tokens(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
-                   for i, grid in enumerate(grids)]  # per scale: the other scales' images, [B, H_i*W_i, C]
-        if eager_cpu_inference(cls_sum):  # the outputs are ours: add into them, no concatenations
-            for out, others in zip(outs, resized):
-                for other in others:
-                    out[:, 1:] += other
-                out[:, :1] = cls_sum
-            return outs
-        return [torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1) for out, others in zip(outs, resized)]
+        return interpolation_mix(outs, grids, resize_image_tokens)
 
     def _mix_by_attention(
         self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
     ) -> list[torch.Tensor]:
-        qkvs = [attn.project_qkv(x) for attn, x in zip(self.attns, normed)]
+        qkvs = [attn.project(x) for attn, x in zip(self.attns, normed)]  # per scale: q, k, v [B, h, N_s, d]
         mixed = []
         for i, (attn, grid, crpe) in enumerate(zip(self.attns, grids, crpes)):
             q, k, v = qkvs[i]
-            context = attn.context(k, v)
+            context = factorized_context(k, v)  # [B, h, d, d]
             for j, (_, k_other, v_other) in enumerate(qkvs):
                 if j != i:
-                    k_other = resize_tokens(k_other, grids[j], grid)
-                    v_other = resize_tokens(v_other, grids[j], grid)
-                    context = context + attn.context(k_other, v_other)
-            mixed.append(attn.attend(q, context, v, grid, crpe))
+                    context = context + factorized_context(_resize_heads(k_other, grids[j], grid),
+                                                           _resize_heads(v_other, grids[j], grid))
+            mixed.append(attn.read(q, v, context, grid, crpe))
         return mixed
+
+
+def interpolation_mix(outs: Sequence[torch.Tensor], grids: Sequence[Grid], resize: object) -> list[torch.Tensor]:
+    """Feature interpolation: each scale's ``[B, 1+H_i*W_i, C]`` plus the other scales' image tokens
+    resized to its grid by ``resize(tokens, grid, target)``; the CLS slot gets the sum of all CLS tokens."""
+    cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
+    mixed = []
+    for i, (out, grid) in enumerate(zip(outs, grids)):
+        others = [resize(other, grids[j], grid) for j, other in enumerate(outs) if j != i]  # [B, H_i*W_i, C] each
+        mixed.append(torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1))
+    return mixed
+
+
+def _resize_heads(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """Resize per-head tokens ``[B, h, 1+H*W, d]`` to ``target`` (CLS kept): -> ``[B, h, 1+h'*w', d]``."""
+    tokens = x.transpose(1, 2).flatten(2)  # [B, N, C]
+    return resize_tokens(tokens, grid, target).unflatten(-1, (x.shape[1], -1)).transpose(1, 2)

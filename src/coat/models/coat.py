@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
-import weakref
 
 import torch
 from torch import nn
 
+from .. import fast
 from .blocks import LN_EPS, ParallelBlock, Stage, run_block
 from .config import CoaTConfig
-from .grouped_conv import channels_last
-from .layers import Grid, compiled_cpu_inference, tokens_to_nchw
+from .layers import Grid, tokens_to_nchw
 
 MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
 
@@ -52,47 +51,33 @@ class CoaT(nn.Module):
         self.apply(_init_weights)
         for stage in self.stages:
             nn.init.trunc_normal_(stage.cls_token, std=0.02)
-        self._registry_key = register_model(self)
-
-    def __setstate__(self, state: dict) -> None:  # copy.deepcopy and unpickling: the copy registers itself
-        super().__setstate__(state)
-        self._registry_key = register_model(self)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     # ----------------------------------------------------------------- public API
     def forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
-        """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids."""
+        """Final tokens ``[B, 1+H_s*W_s, C_s]`` of the four scales and their grids.
+
+        The speed seam: ``coat.fast`` picks, once per call, the implementation of this whole
+        computation (the reference modules below, or a faster one of the same math measured to pay
+        on this device and mode).
+        """
         _check_input(x, self.config.in_chans)
-        if compiled_cpu_inference(x):
-            grids = self._grids(x.shape[2], x.shape[3])
-            image_tokens = [h * w for h, w in grids]
-            return list(eager_tokens(x, self._registry_key, list(self.config.embed_dims), image_tokens)), grids
-        return self._forward_tokens(x)
+        return fast.implementation_for(self, x)(self, x)
 
-    def _grids(self, height: int, width: int) -> list[Grid]:
-        """Token grids of the four scales for an ``height x width`` input (floor division per stage)."""
-        grids = []
-        for patch in self.config.patch_sizes:
-            height, width = height // patch, width // patch
-            grids.append((height, width))
-        return grids
-
-    def _forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
+    def reference_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
+        """``forward_tokens`` through the reference modules: the four stages, then the parallel blocks."""
         tokens, grids = [], []
-        # channels-last images: stage 1's patch convolution then writes its tokens as a view (3.4x faster at batch
-        # 16); later stages read channels-last views of the tokens already
-        feature = channels_last(x)
+        feature = x
         for stage in self.stages:
             out, grid = stage(feature)
             tokens.append(out)
             grids.append(grid)
-            feature = tokens_to_nchw(out, grid)  # next stage's input, a view
-        if self.parallel_blocks:
-            cpes = [stage.cpe for stage in self.stages[1:]]
-            crpes = [stage.crpe for stage in self.stages[1:]]
+            feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W]
+        if self.parallel_blocks:  # co-scale: scales 2-4 together, sharing each scale's CPE and CRPE
             scales = tokens[1:]
+            cpes, crpes = [stage.cpe for stage in self.stages[1:]], [stage.crpe for stage in self.stages[1:]]
             for block in self.parallel_blocks:
                 scales = run_block(block, self.grad_checkpointing, scales, grids[1:], cpes, crpes)
             tokens = tokens[:1] + list(scales)
@@ -101,7 +86,7 @@ class CoaT(nn.Module):
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four feature maps ``[B, C_s, H/r, W/r]`` for r = 4, 8, 16, 32 (CLS removed)."""
         tokens, grids = self.forward_tokens(x)
-        return [channels_last(tokens_to_nchw(t, g)) for t, g in zip(tokens, grids)]
+        return [tokens_to_nchw(t, g).contiguous(memory_format=torch.channels_last) for t, g in zip(tokens, grids)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized CLS tokens the head reads: ``[B, 1, C]`` (Lite) or ``[B, 3, C]`` (CoaT)."""
@@ -160,31 +145,3 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-# torch.compile of CPU float32 inference calls the eager fast path (sample chunks, row tiles, in-place
-# updates) as one opaque operator: on CPU it beats the code Inductor generates for the blocks
-# (BENCHMARKS.md), and an operator, unlike a graph break, also works with fullgraph=True. The operator
-# finds its model by a key registered when the model is built or copied (not while tracing).
-_MODELS: dict[int, weakref.ref[CoaT]] = {}
-
-
-def register_model(model: CoaT) -> int:
-    """Make ``model`` reachable from ``eager_tokens`` by an integer key (its id)."""
-    for key in [key for key, ref in _MODELS.items() if ref() is None]:  # forget models that are gone
-        del _MODELS[key]
-    _MODELS[id(model)] = weakref.ref(model)
-    return id(model)
-
-
-@torch.library.custom_op("coat::eager_tokens", mutates_args=())
-def eager_tokens(x: torch.Tensor, model_key: int, dims: list[int], num_image_tokens: list[int]) -> list[torch.Tensor]:
-    """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``forward_tokens``, computed eagerly."""
-    return _MODELS[model_key]()._forward_tokens(x)[0]
-
-
-@eager_tokens.register_fake
-def _eager_tokens_shapes(
-    x: torch.Tensor, model_key: int, dims: list[int], num_image_tokens: list[int]
-) -> list[torch.Tensor]:
-    return [x.new_empty(x.shape[0], 1 + n, dim) for n, dim in zip(num_image_tokens, dims)]

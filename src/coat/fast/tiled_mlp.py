@@ -1,6 +1,6 @@
 """The MLP branch of a block, ``fc2(gelu(fc1(layer_norm(x))))``, as one autograd function over row tiles.
 
-Used for CPU training. Tokens are independent in this branch, so forward and backward both run
+Used by ``cpu_training``. Tokens are independent in this branch, so forward and backward both run
 tile by tile over the rows ``[M, C]`` of the token matrix, and each tile's hidden activations
 (``H = r * C`` wide, the widest tensors of the model) stay in cache. For backward it keeps only
 the input ``x``; the norm, fc1 and the GELU are recomputed tile by tile, so the activation memory
@@ -19,10 +19,6 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 # 2 MiB of float32 hidden activations per row tile, kept in cache: the best of the 0.25-8 MiB tiles
 # measured on a 2-core EPYC (BENCHMARKS.md)
 TILE_HIDDEN_ELEMENTS = 2**19
-# Training recomputes only where the branch's hidden activations fill at least 4 tiles (8 MiB): below
-# that the memory saved is small and the recomputation costs time (coat_lite_tiny, batch 64 at 32x32,
-# median step: 470 ms with this threshold, 505 ms when every MLP recomputed).
-RECOMPUTE_MIN_HIDDEN_ELEMENTS = 4 * TILE_HIDDEN_ELEMENTS
 
 
 def tile_rows(hidden_dim: int) -> int:

@@ -1,0 +1,79 @@
+"""``cpu_inference`` inside ``torch.compile``: one registered operator whose inputs are the trunk's weights.
+
+On CPU the eager fast path beats the code Inductor generates for the blocks (BENCHMARKS.md), and an
+operator, unlike a graph break, also works with ``fullgraph=True``. The model's state travels as the
+operator's tensor inputs; the operator runs the eager path on a weightless copy of the architecture
+(one per configuration and thread, on the meta device) with those tensors swapped in.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import torch
+from torch import nn
+
+from . import cpu_inference
+
+_skeletons = threading.local()
+
+
+class _EagerTokens(nn.Module):
+    """``cpu_inference.tokens`` of the wrapped model, as a module for ``torch.func.functional_call``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return cpu_inference.tokens(self.model, x)[0]
+
+
+def _trunk_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The stages' and parallel blocks' parameters, named as in ``_EagerTokens``."""
+    return {f"model.{name}": p for name, p in model.named_parameters()
+            if name.startswith(("stages.", "parallel_blocks."))}
+
+
+def _skeleton(config_json: str) -> _EagerTokens:
+    cache = _skeletons.__dict__.setdefault("by_config", {})
+    if config_json not in cache:
+        from ..models.coat import CoaT
+        from ..models.config import CoaTConfig
+
+        with torch.device("meta"):
+            cache[config_json] = _EagerTokens(CoaT(CoaTConfig.from_dict(json.loads(config_json))).eval())
+    return cache[config_json]
+
+
+@torch.library.custom_op("coat::cpu_inference_tokens", mutates_args=())
+def _tokens_op(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
+               num_image_tokens: list[int]) -> list[torch.Tensor]:
+    """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``cpu_inference.tokens``."""
+    skeleton = _skeleton(config_json)
+    names = list(_trunk_parameters(skeleton.model))
+    return torch.func.functional_call(skeleton, dict(zip(names, weights)), (x,))
+
+
+@_tokens_op.register_fake
+def _tokens_shapes(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
+                   num_image_tokens: list[int]) -> list[torch.Tensor]:
+    return [x.new_empty(x.shape[0], 1 + n, dim) for n, dim in zip(num_image_tokens, dims)]
+
+
+@torch.compiler.assume_constant_result
+def _config_json(model: nn.Module) -> str:
+    """The architecture as the operator's key (computed once while tracing)."""
+    return json.dumps(model.config.to_dict(), sort_keys=True)
+
+
+def cpu_inference_tokens(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """``cpu_inference.tokens`` through the operator (what ``torch.compile`` records)."""
+    grids, (height, width) = [], x.shape[2:]
+    for patch in model.config.patch_sizes:  # floor division per stage, as the patch convolutions do
+        height, width = height // patch, width // patch
+        grids.append((height, width))
+    weights = list(_trunk_parameters(model).values())
+    out = _tokens_op(x, weights, _config_json(model), list(model.config.embed_dims), [h * w for h, w in grids])
+    return list(out), grids

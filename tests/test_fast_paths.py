@@ -1,0 +1,205 @@
+"""The speed seam: which implementation runs, fast paths equal to the reference, and what tools see."""
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import coat
+from coat import fast
+from coat.fast import cpu_inference, cpu_training
+
+ALL = coat.list_models()
+
+
+def chosen(model, x):
+    """Name of the implementation the seam picks for ``model(x)`` in the current modes."""
+    implementation = fast.implementation_for(model, x)
+    names = {path.run: path.name for path in fast.FAST_PATHS}
+    return names.get(implementation, "reference")
+
+
+def test_the_seam_picks_a_path_only_where_it_was_measured():
+    model = coat.create_model("coat_tiny", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert chosen(model, x) == "cpu_inference"
+        with fast.only():
+            assert chosen(model, x) == "reference"
+        with fast.only("cpu_training"):
+            assert chosen(model, x) == "reference"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert chosen(model, x) == "reference"
+        with FlopCounterMode(display=False):
+            assert chosen(model, x) == "reference"
+        assert chosen(model.double(), x.double()) == "reference"
+        model.float()
+        model.train()
+        assert chosen(model, x) == "reference"  # no-grad forward in training mode (drop path would be on)
+    assert chosen(model, x) == "cpu_training"
+    model.eval()
+    assert chosen(model, x) == "cpu_training"  # e.g. Grad-CAM: eval mode with autograd
+    with torch.no_grad():
+        handle = model.stages[2].blocks[0].attn.register_forward_hook(lambda *args: None)
+        assert chosen(model, x) == "reference"
+        handle.remove()
+        assert chosen(model, x) == "cpu_inference"
+        attention_mode = coat.create_model("coat_tiny", num_classes=3, coscale="attention").eval()
+        assert chosen(attention_mode, x) == "reference"
+    with pytest.raises(ValueError, match="unknown fast paths"):
+        with fast.only("gpu_magic"):
+            pass
+
+
+@pytest.mark.parametrize("chunk_elements", [2**20, 1], ids=["whole-batch", "one-sample-chunks"])
+@pytest.mark.parametrize("name", ALL)
+def test_inference_path_equals_reference(name, chunk_elements, monkeypatch):
+    monkeypatch.setattr(cpu_inference, "CHUNK_ELEMENTS", chunk_elements)
+    model = coat.create_model(name, num_classes=10).eval()
+    x = torch.randn(3, 3, 161, 131)  # odd size; 40x32 stage-1 tokens: the head-slices branch too
+    with torch.no_grad():
+        assert chosen(model, x) == "cpu_inference"
+        fast_logits, fast_maps = model(x), model.forward_intermediates(x)
+        with fast.only():
+            reference_logits, reference_maps = model(x), model.forward_intermediates(x)
+    for a, b in zip([fast_logits, *fast_maps], [reference_logits, *reference_maps]):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 round-off (deep random models reach 1e4)
+
+
+@pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])
+@pytest.mark.parametrize("name", ALL)
+def test_training_path_equals_reference_values_and_gradients(name, recompute, monkeypatch):
+    monkeypatch.setattr(cpu_training, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
+    model = coat.create_model(name, num_classes=10, drop_path_rate=0.1).train()
+    x = torch.randn(2, 3, 75, 97)
+
+    def step():
+        model.zero_grad()
+        image = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same drop-path draws on both paths
+        loss = model(image).square().sum()
+        loss.backward()
+        return loss, image.grad, {n: p.grad for n, p in model.named_parameters()}
+
+    assert chosen(model, x) == "cpu_training"
+    fast_loss, fast_input_grad, fast_grads = step()
+    with fast.only():
+        reference_loss, reference_input_grad, reference_grads = step()
+    assert torch.allclose(fast_loss, reference_loss, rtol=1e-5)
+    assert torch.allclose(fast_input_grad, reference_input_grad, atol=1e-6, rtol=1e-4)
+    for n, grad in reference_grads.items():
+        assert torch.allclose(fast_grads[n], grad, atol=1e-5, rtol=1e-4), n
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_flop_counter_on_a_cpu_eval_forward_gives_the_papers_gmacs(name):
+    model = coat.create_model(name).eval()
+    size = model.config.input_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    assert counter.get_total_flops() / 2e9 == pytest.approx(coat.VARIANTS[name].gmacs, rel=0.02)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_hooks_and_callers_hold_tensors_that_do_not_change(name, grad):
+    model = coat.create_model(name, num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 96)
+    x_before = x.clone()
+    captured = []
+    modules = [*model.stages, model.stages[1].blocks[0], model.stages[1].cpe, model.stages[1].crpe]
+    handles = [m.register_forward_hook(lambda m, args, out: captured.append((m, out, _clone(out)))) for m in modules]
+    with torch.set_grad_enabled(grad):
+        model(x)
+    for handle in handles:
+        handle.remove()
+    assert {id(m) for m, _, _ in captured} == {id(m) for m in modules}  # every hook fired
+    for _, held, copy_at_hook_time in captured:
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(held), _tensors(copy_at_hook_time)))
+    assert torch.equal(x, x_before)  # the caller's images are never written
+
+
+def _tensors(out):
+    return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
+
+
+def _clone(out):
+    return tuple(t.detach().clone() for t in _tensors(out))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_fast_paths_never_write_into_the_input(grad):
+    model = coat.create_model("coat_tiny", num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    x_before = x.clone()
+    with torch.set_grad_enabled(grad):
+        model(x)
+    assert torch.equal(x, x_before)
+
+
+def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own_weights(monkeypatch):
+    calls = []
+    eager_tokens = cpu_inference.tokens
+    monkeypatch.setattr(cpu_inference, "tokens", lambda model, x: calls.append(x.shape) or eager_tokens(model, x))
+    model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.mul_(1.1)
+        for size in [(64, 64), (64, 96)]:  # the second size recompiles with dynamic shapes
+            x = torch.randn(2, 3, *size)
+            for m in (model, changed):
+                with fast.only():
+                    expected = m(x)
+                calls.clear()
+                compiled = torch.compile(m, fullgraph=True)(x)  # one registered operator: no graph break
+                assert calls  # the eager fast path ran inside the compiled model
+                assert torch.allclose(compiled, expected, atol=1e-5)
+
+
+def test_tiled_mlp_backward_is_exact():
+    from coat.fast.tiled_mlp import NormMlpFunction
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
+
+    rows, dim, hidden = 10, 4, 8  # 3 rows per tile: four tiles, the last one short
+    norm = (leaf(dim), leaf(dim))
+    fc1, fc2 = (leaf(hidden, dim), leaf(hidden)), (leaf(dim, hidden), leaf(dim))
+    inputs = (leaf(rows, dim), *norm, *fc1, *fc2, 1e-6, 3)
+    assert torch.autograd.gradcheck(NormMlpFunction.apply, inputs)
+
+
+def test_grouped_depthwise_conv_backward_is_exact():
+    from coat.fast.grouped_conv import GroupedDepthwiseConv
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.double, requires_grad=True)
+
+    weights = [leaf(2, 1, 3, 3), leaf(3, 1, 5, 5), leaf(3, 1, 7, 7)]  # CRPE's three windows
+    biases = [leaf(w.shape[0]) for w in weights]
+
+    def crpe_of_values(qkv, *weights_then_biases):  # values: a strided view behind the CLS token, as in CRPE
+        values = qkv[:, 1:, 16:].transpose(1, 2).unflatten(2, (4, 5))  # [2, 8, 4, 5]
+        return GroupedDepthwiseConv.apply(values, *weights_then_biases)
+
+    assert torch.autograd.gradcheck(crpe_of_values, (leaf(2, 21, 24), *weights, *biases))
+
+
+@pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_training_gradients_equal_timm(name, recompute, speed_path, monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setattr(cpu_training, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
+    from coat.bench import timm_pair
+    from coat.checkpoint import official_to_coat
+
+    ours, peer = timm_pair(name, num_classes=10, img_size=(64, 96))
+    x = torch.randn(2, 3, 64, 96)
+    for model in (ours, peer):
+        model.train()
+        model(x).square().sum().backward()
+    peer_grads, _ = official_to_coat({n: p.grad for n, p in peer.named_parameters()})
+    for n, p in ours.named_parameters():
+        assert torch.allclose(p.grad, peer_grads[n], atol=1e-5, rtol=1e-4), n
