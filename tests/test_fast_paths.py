@@ -203,3 +203,15 @@ def test_training_gradients_equal_timm(name, recompute, speed_path, monkeypatch)
     peer_grads, _ = official_to_coat({n: p.grad for n, p in peer.named_parameters()})
     for n, p in ours.named_parameters():
         assert torch.allclose(p.grad, peer_grads[n], atol=1e-5, rtol=1e-4), n
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fx_symbolic_trace_records_the_reference_modules(name):
+    model = coat.create_model(name, num_classes=10).eval()
+    traced = torch.fx.symbolic_trace(model)  # shapes are read at run time: any input size
+    for size in [(64, 64), (96, 67)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad(), fast.only():
+            expected = model(x)
+        with torch.no_grad():
+            assert (traced(x) - expected).abs().max() <= 1e-5 * expected.abs().max()

@@ -123,6 +123,8 @@ class CoaT(nn.Module):
 
 
 def _check_input(x: torch.Tensor, in_chans: int) -> None:
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing: no values to check
+        return
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"CoaT expects images shaped [B, {in_chans}, H, W], got {shape}")

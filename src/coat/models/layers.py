@@ -75,11 +75,10 @@ class ConvRelPosEnc(nn.Module):
 
     def forward(self, q: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
         """``q``, ``v``: ``[B, h, N, d]`` -> ``[B, h, N, d]``."""
-        batch, heads, _, head_dim = v.shape
-        v_image = v[:, :, 1:].transpose(2, 3).reshape(batch, heads * head_dim, *grid)  # [B, C, H, W]
+        v_image = v[:, :, 1:].transpose(2, 3).flatten(1, 2).unflatten(2, grid)  # [B, C, H, W]
         groups = v_image.split(self.channel_splits, dim=1)
-        encoded = torch.cat([conv(group) for conv, group in zip(self.convs, groups)], dim=1)  # [B, C, H, W]
-        encoded = encoded.reshape(batch, heads, head_dim, -1).transpose(2, 3)  # [B, h, H*W, d]
+        encoded = torch.cat([conv(groups[i]) for i, conv in enumerate(self.convs)], dim=1)  # [B, C, H, W]
+        encoded = encoded.flatten(2).unflatten(1, (v.shape[1], -1)).transpose(2, 3)  # [B, h, H*W, d]
         return F.pad(q[:, :, 1:] * encoded, (0, 0, 1, 0))  # CLS row of zeros in front: [B, h, N, d]
 
 
@@ -105,9 +104,8 @@ class FactorizedAttention(nn.Module):
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, N, C]`` -> q, k, v, each ``[B, h, N, d]``."""
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1))  # [B, N, 3, h, d]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
+        return qkv[0], qkv[1], qkv[2]
 
     def read(self, q: torch.Tensor, v: torch.Tensor, context: torch.Tensor, grid: Grid,
              crpe: ConvRelPosEnc) -> torch.Tensor:
