@@ -1,5 +1,6 @@
 """CoaT: Co-Scale Conv-Attentional Image Transformers (Xu, Xu, Chang, Tu, ICCV 2021)."""
 
+from . import fast
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .factory import create_model, list_models, load_model, variant_config
 from .models.coat import CoaT
@@ -13,6 +14,7 @@ __all__ = [
     "CoaT",
     "CoaTConfig",
     "create_model",
+    "fast",
     "list_models",
     "load_model",
     "read_checkpoint",

@@ -1,7 +1,7 @@
 """Eager CPU float32 inference: the reference math in cache-sized pieces, updating its own tensors in place.
 
-Measured on a 2-core AMD EPYC VM (AVX2) against timm's CoaT and the plain modules (BENCHMARKS.md,
-"What each optimisation bought"):
+Measured on 2-core AMD EPYC (AVX2) and Intel Xeon (AVX-512) VMs against timm's CoaT and the plain
+modules (BENCHMARKS.md, "What each optimisation bought"):
 - each stage runs its serial blocks on chunks of samples whose tokens hold about 4 MiB, so a chunk's
   activations stay in cache and in the allocator's heap;
 - the MLP runs in row tiles after one layer norm over all rows: MKL ``addmm``, in-place GELU, and

@@ -1,6 +1,7 @@
 """Eager CPU float32 training: the reference math with three parts that cost less time or memory there.
 
-Measured on a 2-core AMD EPYC VM (AVX2), training step and peak memory at batch 16 (BENCHMARKS.md):
+Measured on 2-core AMD EPYC (AVX2) and Intel Xeon (AVX-512) VMs, training step and peak memory at batch 16
+(BENCHMARKS.md):
 - the MLP branch (norm, fc1, GELU, fc2) as one row-tiled autograd function that keeps only its input
   and recomputes the rest tile by tile in backward (peak memory 1.02x -> 0.51x of timm's on
   coat_lite_tiny), where a branch's hidden activations fill at least 8 MiB;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -10,7 +10,14 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from .layers import (
-    ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, Mlp, PatchEmbed, factorized_context, resize_image_tokens,
+    ConvPosEnc,
+    ConvRelPosEnc,
+    FactorizedAttention,
+    Grid,
+    Mlp,
+    PatchEmbed,
+    factorized_context,
+    resize_image_tokens,
 )
 
 LN_EPS = 1e-6
@@ -150,7 +157,9 @@ class ParallelBlock(nn.Module):
         return mixed
 
 
-def interpolation_mix(outs: Sequence[torch.Tensor], grids: Sequence[Grid], resize: object) -> list[torch.Tensor]:
+def interpolation_mix(
+    outs: Sequence[torch.Tensor], grids: Sequence[Grid], resize: Callable[[torch.Tensor, Grid, Grid], torch.Tensor]
+) -> list[torch.Tensor]:
     """Feature interpolation: each scale's ``[B, 1+H_i*W_i, C]`` plus the other scales' image tokens
     resized to its grid by ``resize(tokens, grid, target)``; the CLS slot gets the sum of all CLS tokens."""
     cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]

@@ -70,7 +70,8 @@ class ConvRelPosEnc(nn.Module):
         super().__init__()
         self.channel_splits = [heads * head_dim for heads in windows.values()]
         self.convs = nn.ModuleList(
-            nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch) for window, ch in zip(windows, self.channel_splits)
+            nn.Conv2d(ch, ch, window, padding=window // 2, groups=ch)
+            for window, ch in zip(windows, self.channel_splits)
         )
 
     def forward(self, q: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
