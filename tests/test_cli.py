@@ -55,3 +55,14 @@ def test_convert_wrong_variant_exit_2(official_checkpoint, tmp_path, capsys):
                  "--model", "coat_lite_small"])
     assert code == 2
     assert "shapes differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["info"], ["info", "coat_tiny", "--json"], ["train", "--help"]])
+def test_commands_exit_quietly_when_the_reader_closes_the_pipe(args):
+    """As `coat info | head -1`, with the reader gone before the first write."""
+    child = subprocess.Popen([sys.executable, "-m", "coat.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # no reader: the first write fails with EPIPE
+    stderr = child.stderr.read().decode()
+    # 128 + SIGPIPE, as a shell reports for tools that SIGPIPE ends; argparse's help ignores write errors itself
+    assert child.wait(timeout=120) == (0 if "--help" in args else 141)
+    assert stderr == ""

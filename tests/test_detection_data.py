@@ -142,3 +142,40 @@ def test_warmup_then_step_schedule():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.001) and lrs[5] == pytest.approx(0.001 + 0.999 * 0.5)
     assert lrs[10] == lrs[19] == 1.0 and lrs[20] == pytest.approx(0.1) and lrs[34] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("background", [{"id": 0, "name": "_background_"}, {"id": 9, "name": "Background"},
+                                        {"id": 0, "name": "unlabeled"}])
+def test_unused_background_category_is_dropped_with_one_line(shapes, background, caplog):
+    images, annotations = shapes  # labelme2coco style: a background category that no annotation uses
+    rewrite(annotations, lambda data: data["categories"].insert(0, background))
+    with caplog.at_level("INFO", logger="coat.detection.data"):
+        index = read_coco(annotations, images)
+    assert index.class_names == ["circle", "square", "triangle"] and index.empty_categories == []
+    dropped = [r.getMessage() for r in caplog.records if "background" in r.getMessage()]
+    assert len(dropped) == 1 and repr(background["name"]) in dropped[0]
+
+
+def test_other_categories_without_annotations_are_kept_and_counted(shapes):
+    images, annotations = shapes
+    rewrite(annotations, lambda data: data["categories"].append({"id": 40, "name": "hexagon"}))
+    index = read_coco(annotations, images)
+    assert index.class_names == ["circle", "square", "triangle", "hexagon"] and index.empty_categories == ["hexagon"]
+
+
+def test_background_category_with_annotations_stays_a_class(shapes):
+    images, annotations = shapes
+
+    def relabel_first_as_background(data):
+        data["categories"].append({"id": 0, "name": "background"})
+        data["annotations"][0]["category_id"] = 0
+
+    rewrite(annotations, relabel_first_as_background)
+    assert "background" in read_coco(annotations, images).class_names
+
+
+def test_only_background_categories_is_one_clear_error(shapes):
+    images, annotations = shapes
+    rewrite(annotations, lambda data: data.update(categories=[{"id": 0, "name": "_background_"}], annotations=[]))
+    with pytest.raises(DataError, match="no categories besides background"):
+        read_coco(annotations, images)

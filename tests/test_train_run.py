@@ -57,6 +57,34 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder)]) == 2
 
 
+def test_progress_bar_shows_running_mean_loss_and_speed_every_step(image_folder, tmp_path, monkeypatch):
+    import coat.train.loop as loop
+
+    bars = []
+
+    class RecordingBar(loop.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.postfixes = []
+            bars.append(self)
+
+        def set_postfix(self, *args, **kwargs):
+            self.postfixes.append(kwargs)
+            super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "tqdm", RecordingBar)
+    out = tmp_path / "run"  # 24 training images in batches of 8: 3 steps an epoch, fewer than --log-interval
+    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "2", *TINY,
+                 "--log-interval", "20"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epoch_bars = [bar for bar in bars if bar.postfixes]
+    assert [len(bar.postfixes) for bar in epoch_bars] == [3, 3]
+    for bar, record in zip(epoch_bars, records):
+        assert all(float(p["img_s"]) > 0 for p in bar.postfixes)
+        assert len({p["loss"] for p in bar.postfixes}) > 1  # it moves within the epoch
+        assert float(bar.postfixes[-1]["loss"]) == pytest.approx(record["train_loss"], abs=1e-3)  # the epoch mean
+
+
 def test_ddp_step_equals_single_process_double_batch(tmp_path):
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +19,7 @@ from .commands import detect_commands, model_commands, train_commands, use_comma
 from .train.loop import TrainingError
 
 COMMAND_MODULES = [model_commands, train_commands, use_commands, detect_commands]
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # also after argparse's --help: a reader that is gone shows up here, not at interpreter exit
+            sys.stdout.flush()
+    except BrokenPipeError:  # the output's reader closed the pipe (`coat info | head -3`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..data.datasets import CorruptImageError, DataError, load_rgb
+
+logger = logging.getLogger(__name__)
 
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are degenerate and dropped (counted)
 
@@ -43,6 +46,7 @@ class CocoIndex:
     dropped_boxes: int = 0
     missing_images: list[str] = field(default_factory=list)
     coco: COCO | None = None  # pycocotools' index of the whole file, the ground truth of evaluation
+    empty_categories: list[str] = field(default_factory=list)  # kept categories that no annotation uses
 
     def label_of(self, category_id: int) -> int:
         return self.category_ids.index(category_id) + 1
@@ -110,6 +114,7 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
             continue
         per_image[image_id].append(ann)
 
+    category_ids, names, empty = _drop_unused_background(annotation_file, category_ids, names, data["annotations"])
     present, missing = [], []
     for image in data["images"]:
         (present if (images_dir / image["file_name"]).is_file() else missing).append(image)
@@ -124,7 +129,29 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
         coco.dataset = data
         coco.createIndex()
     return CocoIndex(annotation_file, images_dir, present, per_image, category_ids, names, has_masks, dropped,
-                     [m["file_name"] for m in missing], coco)
+                     [m["file_name"] for m in missing], coco, empty)
+
+
+def _is_background(category_id: int, name: str) -> bool:
+    return category_id == 0 or name.strip("_ ").lower() == "background"
+
+
+def _drop_unused_background(annotation_file: Path, category_ids: list[int], names: list[str],
+                            annotations: list[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+    """Drop categories named like background (or with id 0) that no annotation uses: exporters such as
+    labelme2coco write one, and it must not become a class of the detector. Returns the kept ids and names,
+    and the names of the other categories that no annotation uses (kept: a validation split may lack some)."""
+    used = {int(ann["category_id"]) for ann in annotations}
+    background = [(i, n) for i, n in zip(category_ids, names) if i not in used and _is_background(i, n)]
+    if background:
+        logger.info("%s: dropped the unused background categor%s %s", annotation_file.name,
+                    "y" if len(background) == 1 else "ies", ", ".join(f"{n!r} (id {i})" for i, n in background))
+    kept = [(i, n) for i, n in zip(category_ids, names) if (i, n) not in background]
+    if not kept:
+        raise DataError(f"annotation file {annotation_file} has no categories besides background; a detector needs "
+                        "at least one")
+    empty = [n for i, n in kept if i not in used]
+    return [i for i, _ in kept], [n for _, n in kept], empty
 
 
 def annotation_mask(segmentation: list | dict, height: int, width: int) -> torch.Tensor:

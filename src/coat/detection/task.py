@@ -123,6 +123,8 @@ class DetectionTask:
             if train.dropped_boxes + val.dropped_boxes else []
         missing = len(train.missing_images) + len(val.missing_images)
         notes += [f"{missing} images without files skipped"] if missing else []
+        empty = train.empty_categories
+        notes += [f"{len(empty)} classes without training annotations ({', '.join(empty)})"] if empty else []
         return (f"training {config.detector} on {config.model} ({config.recipe} recipe): {len(train.images)} train / "
                 f"{len(val.images)} val images, {len(train.class_names)} classes, {info.world_size} process(es) on "
                 f"{device}, global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"

@@ -199,10 +199,11 @@ def run(task: Task) -> dict[str, Any]:
                 ema.update_parameters(model)
             loss_sum += loss.detach().double() * count
             seen += count
+            lr = optimizer.param_groups[0]["lr"]
+            rate = seen * info.world_size / (time.perf_counter() - started)
+            # every step: the epoch's running mean loss (this process) and images/s; drawn at tqdm's own pace
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             if step % config.log_interval == 0 or step == steps_per_epoch - 1:
-                lr = optimizer.param_groups[0]["lr"]
-                rate = seen * info.world_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
                 log.step(epoch * steps_per_epoch + step, loss.item(), lr)
         epoch_seconds = time.perf_counter() - started
         bar.close()
