@@ -123,3 +123,15 @@ def test_train_config_fields_are_all_flags():
 def test_optimizer_has_two_groups():
     optimizer = build_optimizer(coat.create_model("coat_lite_tiny"), 1e-3, 0.05)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+
+
+def test_rotation_turns_the_image_and_zero_keeps_it():
+    from PIL import Image
+
+    pixels = torch.zeros(32, 32, 3, dtype=torch.uint8)
+    pixels[4:28, 14:18] = 255  # a vertical bar
+    image = Image.fromarray(pixels.numpy())
+    plain = train_transform(32, 1.0, 0.0, 0, 0.0, (0.0,) * 3, (1.0,) * 3)(image)
+    assert torch.allclose(plain, torch.from_numpy(pixels.numpy()).permute(2, 0, 1).float() / 255, atol=0.02)
+    turned = train_transform(32, 1.0, 0.0, 0, 0.0, (0.0,) * 3, (1.0,) * 3, rotation=90)
+    assert any(not torch.allclose(turned(image), plain, atol=0.1) for _ in range(5))

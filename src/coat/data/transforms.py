@@ -9,10 +9,13 @@ from torchvision.transforms import InterpolationMode, v2
 
 
 def train_transform(size: int, scale_min: float, hflip: float, randaugment_magnitude: int,
-                    random_erasing: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """RandomResizedCrop (bicubic) -> flip -> RandAugment -> normalise -> RandomErasing (zeros off)."""
+                    random_erasing: float, mean: Sequence[float], std: Sequence[float],
+                    rotation: float = 0.0) -> v2.Compose:
+    """RandomResizedCrop (bicubic) -> rotation -> flip -> RandAugment -> normalise -> RandomErasing (zeros off)."""
     steps: list = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(scale_min, 1.0),
                                                       interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    if rotation > 0:
+        steps.append(v2.RandomRotation(rotation, interpolation=InterpolationMode.BILINEAR))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if randaugment_magnitude > 0:

@@ -106,7 +106,7 @@ class ClassificationTask:
     def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]:
         config = self.config
         train_tf = train_transform(config.input_size, config.scale_min, config.hflip, config.randaugment_magnitude,
-                                   config.random_erasing, config.mean, config.std)
+                                   config.random_erasing, config.mean, config.std, config.rotation)
         val_tf = eval_transform(config.input_size, config.crop_pct, config.mean, config.std)
         if config.data is None:
             train_set, val_set = embedded_splits(train_tf, val_tf)

@@ -23,7 +23,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+    """AdamW over ``param_groups``; on CPU PyTorch's fused kernel, one pass over all parameters (coat_lite_tiny's
+    step on 2 cores: 4.5 ms fused, 17.3 ms foreach, 20.4 ms the default per-tensor loop). Other devices keep
+    PyTorch's default until measured there."""
+    groups = param_groups(model, weight_decay)
+    on_cpu = all(p.device.type == "cpu" and p.is_floating_point() for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=lr, fused=True if on_cpu else None)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_lr: float, min_lr: float,
