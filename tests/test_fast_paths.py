@@ -158,6 +158,20 @@ def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own
                 assert torch.allclose(compiled, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant, path", [
+    ("coat_lite_tiny", "cpu_inference"), ("coat_tiny", "cpu_inference"),
+    pytest.param("coat_lite_tiny", "reference", marks=pytest.mark.slow),  # Inductor compiles the modules: ~40 s
+])
+def test_compiled_model_reproduces_the_fixture_logits(variant, path, official_checkpoint):
+    from test_parity import TOL, fixture
+
+    model = coat.create_model(variant, pretrained=official_checkpoint(variant)).eval()
+    expected = fixture(variant)
+    with torch.no_grad(), fast.only(*[name for name in [path] if name != "reference"]):
+        logits = torch.compile(model, fullgraph=True)(expected["input"])
+    assert (logits - expected["logits"]).abs().max().item() < TOL
+
+
 def test_tiled_mlp_backward_is_exact():
     from coat.fast.tiled_mlp import NormMlpFunction
 

@@ -17,9 +17,9 @@ def fixture(variant):
     return torch.load(FIXTURES / f"{variant}_224x224.pt", weights_only=True)
 
 
-def assert_matches_fixture(model, expected):
+def assert_matches_fixture(model, expected, grad=False):
     model.eval()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):  # autograd on: the training implementation (cpu_training on CPU)
         logits = model(expected["input"])
         feats = model.forward_intermediates(expected["input"])
     assert (logits - expected["logits"]).abs().max().item() < TOL
@@ -58,6 +58,12 @@ def test_timm_format_reproduces_fixture(variant, suffix, tmp_path):
     checkpoint = coat.read_checkpoint(path)
     assert checkpoint.source_format == "timm"
     assert_matches_fixture(coat.create_model(variant, pretrained=path), fixture(variant))
+
+
+@pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
+def test_fixture_with_autograd_on(variant, official_checkpoint):
+    assert_matches_fixture(coat.create_model(variant, pretrained=official_checkpoint(variant)), fixture(variant),
+                           grad=True)
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)

@@ -36,14 +36,16 @@ def _trunk_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
             if name.startswith(("stages.", "parallel_blocks."))}
 
 
-def _skeleton(config_json: str) -> _EagerTokens:
+def _skeleton(config_json: str) -> tuple[_EagerTokens, list[str]]:
+    """The weightless architecture for ``config_json`` and the names its trunk parameters take."""
     cache = _skeletons.__dict__.setdefault("by_config", {})
     if config_json not in cache:
         from ..models.coat import CoaT
         from ..models.config import CoaTConfig
 
         with torch.device("meta"):
-            cache[config_json] = _EagerTokens(CoaT(CoaTConfig.from_dict(json.loads(config_json))).eval())
+            skeleton = _EagerTokens(CoaT(CoaTConfig.from_dict(json.loads(config_json))).eval())
+        cache[config_json] = skeleton, list(_trunk_parameters(skeleton.model))
     return cache[config_json]
 
 
@@ -51,8 +53,7 @@ def _skeleton(config_json: str) -> _EagerTokens:
 def _tokens_op(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
                num_image_tokens: list[int]) -> list[torch.Tensor]:
     """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``cpu_inference.tokens``."""
-    skeleton = _skeleton(config_json)
-    names = list(_trunk_parameters(skeleton.model))
+    skeleton, names = _skeleton(config_json)
     return torch.func.functional_call(skeleton, dict(zip(names, weights)), (x,))
 
 
