@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_state_into, official_to_coat
+from .extras import require
 from .factory import create_model, list_models
 
 
@@ -57,6 +58,7 @@ def model_names(args: argparse.Namespace) -> list[str]:
 
 def machine_line() -> str:
     """One line naming the CPU, threads and library versions, printed above every table."""
+    require("peers")
     import timm
 
     return (f"machine: {_cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
@@ -76,10 +78,9 @@ def timm_pair(name: str, **timm_kwargs: object) -> tuple[nn.Module, nn.Module]:
 
     timm's CoaT fixes its token grids at construction: pass ``img_size=(H, W)`` for other inputs.
     """
-    try:
-        import timm
-    except ImportError:
-        raise RuntimeError("comparing against timm needs timm: pip install 'coat[peers]'") from None
+    require("peers")
+    import timm
+
     peer = timm.create_model(name, **timm_kwargs)
     ours = create_model(name, num_classes=peer.num_classes)
     state, _ = official_to_coat(peer.state_dict())

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import detect_commands, model_commands, train_commands, use_commands
+from .extras import MissingExtraError, require
 from .train.loop import TrainingError
 
 COMMAND_MODULES = [model_commands, train_commands, use_commands, detect_commands]
@@ -46,8 +47,11 @@ def _run(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        for extra in getattr(args, "extras", ()):  # optional libraries the command needs
+            require(extra)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingError) as err:  # CheckpointError, DataError
+    # ValueError covers CheckpointError, DataError and DownloadError
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingError, MissingExtraError) as err:
         print(f"coat {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

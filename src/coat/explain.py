@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .checkpoint import atomic_write
 from .data.datasets import load_rgb
+from .extras import pyplot, require
 from .inference import LoadedModel, preprocessing
 from .models.layers import tokens_to_nchw
 
@@ -22,6 +23,7 @@ FIGURE_DPI = 100  # the PNG is 1800 x 360 pixels
 
 def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> dict:
     """Write the explanation PNG; returns the top class and the PNG path."""
+    require("plots")
     model = loaded.model.eval()
     x = preprocessing(model)(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
     tokens, grids = model.forward_tokens(x)
@@ -44,11 +46,7 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
 
 def _plot(image: torch.Tensor, mean, std, energies: list[torch.Tensor], cam: torch.Tensor, title: str,
           output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rgb = (image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
     rgb = rgb.permute(1, 2, 0).numpy()
     h, w = rgb.shape[:2]

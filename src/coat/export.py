@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write
+from .extras import require
 from .models.coat import CoaT
 
 PARITY_SIZES = ((224, 224), (160, 288))
@@ -26,6 +27,7 @@ class ExportError(ValueError):
 
 def export_onnx(model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARITY_SIZES) -> dict[str, float]:
     """Write ``model`` as ONNX and return the max abs difference to PyTorch at each check size."""
+    require("export")
     model = model.eval()
     example = torch.randn(2, 3, 224, 224)
 
@@ -40,10 +42,9 @@ def export_onnx(model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARI
 
 def onnx_parity(model: CoaT, path: str | Path, sizes=PARITY_SIZES, batch: int = 2) -> dict[str, float]:
     """Run PyTorch and ONNX Runtime on the same random inputs; raise if they differ by 1e-4 or more."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ExportError("the ONNX parity check needs onnxruntime: pip install 'coat[export]'") from None
+    require("export")
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = {}
     for h, w in sizes:

@@ -38,7 +38,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train = actions.add_parser("train", help="train Mask R-CNN / Faster R-CNN with a CoaT backbone",
                                description="Every option overrides the recipe; --config FILE.yaml sets many at once.")
     add_config_flags(train, DetectConfig, _HELP)
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, extras=("detect", "train"))
 
     ev = actions.add_parser("eval", help="COCO box and mask AP of a detector checkpoint (pycocotools)")
     ev.add_argument("--checkpoint", required=True, help="best.safetensors of a `coat detect train` run")
@@ -52,7 +52,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
     ev.add_argument("--skip-corrupt", action="store_true", help=_HELP["skip_corrupt"])
-    ev.set_defaults(func=run_eval)
+    ev.set_defaults(func=run_eval, extras=("detect",))
 
     pr = actions.add_parser("predict", help="draw detections on images (PNG) and write them as COCO results JSON")
     pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
@@ -61,7 +61,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
-    pr.set_defaults(func=run_predict)
+    pr.set_defaults(func=run_predict, extras=("detect",))
 
     shapes = actions.add_parser("make-shapes", help="write a small generated COCO set (coloured shapes) to try it")
     shapes.add_argument("output", type=Path, help="folder to create")

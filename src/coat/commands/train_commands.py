@@ -35,7 +35,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train or fine-tune a variant on an image folder or the embedded data",
                                   description="Every option overrides the recipe; --config FILE.yaml sets many at once.")
     add_config_flags(train, TrainConfig, _HELP)
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, extras=("train",))
 
     ev = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5, per-class accuracy, confusion matrix")
     ev.add_argument("--checkpoint", required=True, help="our .safetensors (e.g. runs/demo/best.safetensors), "
@@ -51,7 +51,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                     "(default: eval/ next to the checkpoint)")
     ev.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
     ev.add_argument("--skip-corrupt", action="store_true")
-    ev.set_defaults(func=run_eval)
+    ev.set_defaults(func=run_eval, extras=("plots",))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -92,11 +92,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
-    import matplotlib
+    from ..extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(min(2 + 0.5 * n, 20), min(2 + 0.5 * n, 20)))
     rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)

