@@ -1,7 +1,7 @@
-"""torch.hub entry points: ``torch.hub.load(REPO_DIR, "coat_lite_tiny", source="local", pretrained=PATH)``.
+"""torch.hub entry points: ``torch.hub.load("OWNER/REPO", "coat_lite_tiny", pretrained=True)``.
 
-``pretrained`` is any checkpoint the library reads (a file, a Hugging Face style folder, or
-``hf-hub:ORG/NAME`` from the local cache); nothing is downloaded.
+``pretrained`` is what ``coat.create_model`` takes: ``True`` (the default released weights), a
+weights name (``"coat_lite_tiny.authors"``), a file, a Hugging Face folder or ``hf-hub:ORG/NAME``.
 """
 
 import sys
@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from coat import create_model, list_models  # noqa: E402
 
-dependencies = ["torch", "torchvision", "safetensors"]
+dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
 
 
 def _entry_point(name):

@@ -1,14 +1,17 @@
 """Reading, writing and refusing checkpoint files."""
 
+import json
 import logging
 import os
 import pickle
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import coat
 from coat.checkpoint import CheckpointError
+from coat.data.preprocessing import Preprocessing
 
 
 class _Payload:
@@ -106,6 +109,26 @@ def test_own_format_carries_config_and_metadata(tmp_path):
     assert rebuilt.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_preprocessing_travels_with_our_files(tmp_path):
+    model = coat.create_model("coat_lite_tiny", num_classes=3)
+    assert model.preprocessing == coat.get_weights("coat_lite_tiny").preprocessing  # the default weights'
+    model.preprocessing = Preprocessing(input_size=64, crop_pct=1.0, mean=(0.5,) * 3, std=(0.2,) * 3)
+    path = coat.save_checkpoint(model, tmp_path / "m.safetensors")
+    assert coat.load_model(path).preprocessing == model.preprocessing
+    assert coat.create_model("coat_lite_tiny", pretrained=path).preprocessing == model.preprocessing
+
+
+def test_files_from_before_preprocessing_left_the_config(tmp_path):
+    """Older files kept input_size / crop_pct / mean / std in the config: they still load, with them."""
+    model = coat.create_model("coat_lite_tiny", num_classes=3)
+    config = {**model.config.to_dict(), "input_size": 32, "crop_pct": 1.0, "mean": [0.1] * 3, "std": [0.3] * 3}
+    meta = {"format": "coat", "format_version": "1", "config": json.dumps(config), "variant": "coat_lite_tiny"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "old.safetensors"), meta)
+    loaded = coat.load_model(tmp_path / "old.safetensors")
+    assert loaded.config == model.config
+    assert loaded.preprocessing == Preprocessing(input_size=32, crop_pct=1.0, mean=(0.1,) * 3, std=(0.3,) * 3)
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):

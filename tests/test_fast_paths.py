@@ -95,7 +95,7 @@ def test_training_path_equals_reference_values_and_gradients(name, recompute, mo
 @pytest.mark.parametrize("name", ALL)
 def test_flop_counter_on_a_cpu_eval_forward_gives_the_papers_gmacs(name):
     model = coat.create_model(name).eval()
-    size = model.config.input_size
+    size = coat.VARIANTS[name].input_size
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, size, size))
     assert counter.get_total_flops() / 2e9 == pytest.approx(coat.VARIANTS[name].gmacs, rel=0.02)

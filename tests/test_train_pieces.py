@@ -7,7 +7,8 @@ import torch
 import yaml
 
 import coat
-from coat.data.transforms import batch_mixing, eval_transform, train_transform
+from coat.data.preprocessing import Preprocessing
+from coat.data.transforms import batch_mixing, train_transform
 from coat.train.config import TrainConfig, resolve, to_yaml
 from coat.train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
 from coat.train.optim import build_optimizer, param_groups, warmup_cosine
@@ -102,7 +103,7 @@ def test_transforms_and_mixing():
     image = Image.new("RGB", (50, 40), (120, 30, 200))
     t = train_transform(32, 0.08, 0.5, 9, 0.25, (0.5,) * 3, (0.5,) * 3)(image)
     assert t.shape == (3, 32, 32) and t.dtype == torch.float32
-    e = eval_transform(32, 0.875, (0.5,) * 3, (0.5,) * 3)(image)
+    e = Preprocessing(input_size=32, crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3).transforms()(image)
     assert e.shape == (3, 32, 32)
     mix = batch_mixing(0.8, 1.0, num_classes=4)
     images, targets = mix(torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1]))

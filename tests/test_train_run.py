@@ -44,7 +44,7 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
     stdout = capsys.readouterr().err + capsys.readouterr().out
     best = coat.read_checkpoint(out / "best.safetensors")
     assert json.loads(best.metadata["class_names"]) == ["circle", "square", "stripes"]
-    assert best.config.input_size == 32 and best.config.num_classes == 3
+    assert best.preprocessing.input_size == 32 and best.config.num_classes == 3
     del stdout
 
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder),

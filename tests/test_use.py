@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 import coat
 from coat.cli import main
+from coat.data.preprocessing import Preprocessing
 from coat.export import export_onnx, onnx_parity
 from fixture_weights import official_state_dict
 
@@ -23,7 +24,8 @@ def trained_checkpoint(tmp_path_factory):
     """A 3-class checkpoint saved by the library, class names in its metadata."""
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     torch.manual_seed(0)
-    model = coat.create_model("coat_lite_tiny", num_classes=3, input_size=64, crop_pct=1.0)
+    model = coat.create_model("coat_lite_tiny", num_classes=3)
+    model.preprocessing = Preprocessing(input_size=64, crop_pct=1.0)
     coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(CLASSES)})
     return path
 
@@ -166,19 +168,11 @@ def _hub_folder(folder: Path, with_names: bool) -> Path:
     return folder
 
 
-def test_hugging_face_folder_and_cache(tmp_path, monkeypatch, images, capsys):
+def test_hugging_face_folder(tmp_path, images, capsys):
+    """A model folder on disk (downloads from the hub: tests/test_weights.py)."""
     folder = _hub_folder(tmp_path / "plain", with_names=True)
     assert main(["predict", str(images / "0.png"), "--checkpoint", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["topk"][0]["label"].startswith("class")
-
-    cache = tmp_path / "hub"
-    snapshot = cache / "models--timm--coat_lite_tiny.in1k" / "snapshots" / "abc123"
-    _hub_folder(snapshot, with_names=False)
-    (cache / "models--timm--coat_lite_tiny.in1k" / "refs").mkdir()
-    (cache / "models--timm--coat_lite_tiny.in1k" / "refs" / "main").write_text("abc123")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    model = coat.create_model("coat_lite_tiny", pretrained="hf-hub:timm/coat_lite_tiny.in1k")
-    reference = coat.create_model("coat_lite_tiny", pretrained=folder)
-    assert torch.equal(model.head.weight, reference.head.weight)
-    with pytest.raises(coat.CheckpointError, match="not in the local Hugging Face cache"):
-        coat.read_checkpoint("hf-hub:timm/coat_mini.in1k")
+    plain = _hub_folder(tmp_path / "unnamed", with_names=False)
+    model = coat.create_model("coat_lite_tiny", pretrained=plain)
+    assert torch.equal(model.head.weight, coat.create_model("coat_lite_tiny", pretrained=folder).head.weight)

@@ -1,8 +1,10 @@
 """Reading and writing CoaT checkpoints.
 
 Readable: the authors' ``.pth`` (weights under ``model``), timm's ``.pth``/``.safetensors`` (the
-authors' key names without the unused norms), and ours (safetensors whose metadata holds the
-config). Files are never unpickled beyond plain tensors (``torch.load(weights_only=True)``).
+authors' key names without the unused norms), ours (safetensors whose metadata holds the config
+and the preprocessing), Hugging Face model folders, ``hf-hub:ORG/NAME[@REVISION]`` and the names
+of released weights (``coat.weights``), both fetched through ``coat.download``. Files are never
+unpickled beyond plain tensors (``torch.load(weights_only=True)``).
 The authors' key names are mapped to ours by ``official_to_coat``; nothing in the module tree
 depends on them.
 """
@@ -23,7 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .data.preprocessing import Preprocessing
+from .download import fetch, fetch_hub_file
 from .models.config import CoaTConfig
+from .weights import Weights, get_weights, is_weights_name
 
 FORMAT_NAME = "coat"
 FORMAT_VERSION = "1"
@@ -42,6 +47,7 @@ class Checkpoint:
     source_format: str  # "coat", "official" or "timm"
     config: CoaTConfig | None = None  # only our own files carry one
     variant: str | None = None
+    preprocessing: Preprocessing | None = None  # from our metadata, timm's config.json or the weights table
     metadata: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what conversion changed
     path: str = ""  # where it was read from, for messages
@@ -53,20 +59,28 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------------- reading
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(source: str | os.PathLike | Weights) -> Checkpoint:
     """Read any supported checkpoint into our key names.
 
-    ``path`` is a file, a Hugging Face style folder (``config.json`` + ``model.safetensors``), or
-    ``hf-hub:ORG/NAME`` looked up in the local Hugging Face cache (never downloaded).
+    ``source`` is a file, a Hugging Face style folder (``config.json`` + ``model.safetensors``),
+    ``hf-hub:ORG/NAME[@REVISION]``, or released weights: a ``Weights`` entry, its name
+    (``coat_lite_tiny.in1k``, ``coat_lite_tiny.authors``) or a variant name (its default weights).
+    Hub files and released weights are downloaded into the cache first (``coat.download``).
     """
-    checkpoint = _read(path)
-    checkpoint.path = str(path)
+    if isinstance(source, Weights) or (is_weights_name(source) and not Path(source).exists()):
+        weights = source if isinstance(source, Weights) else get_weights(source)
+        checkpoint = _read(fetch(weights))
+        checkpoint.variant, checkpoint.preprocessing = weights.variant, weights.preprocessing
+        checkpoint.path = weights.name
+        return checkpoint
+    checkpoint = _read(source)
+    checkpoint.path = str(source)
     return checkpoint
 
 
 def _read(path: str | os.PathLike) -> Checkpoint:
     if str(path).startswith(HUB_PREFIX):
-        path = local_hub_snapshot(str(path)[len(HUB_PREFIX):])
+        path = _hub_folder(str(path)[len(HUB_PREFIX):])
     path = Path(path)
     if path.is_dir():
         return _read_hub_folder(path)
@@ -80,8 +94,12 @@ def _read(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
                               "or `coat detect predict`")
     if metadata.get("format") == FORMAT_NAME:
-        config = CoaTConfig.from_dict(json.loads(metadata["config"]))
-        return Checkpoint(tensors, "coat", config, metadata.get("variant"), metadata)
+        config_data = json.loads(metadata["config"])
+        # files written before preprocessing left the config carry it there
+        legacy = {key: config_data.pop(key) for key in LEGACY_PREPROCESSING_KEYS if key in config_data}
+        saved = json.loads(metadata["preprocessing"]) if "preprocessing" in metadata else legacy
+        return Checkpoint(tensors, "coat", CoaTConfig.from_dict(config_data), metadata.get("variant"),
+                          Preprocessing.from_dict(saved) if saved else None, metadata)
     if any(key.startswith("stages.") for key in tensors):
         return Checkpoint(tensors, "coat", metadata=metadata)
     if "patch_embed1.proj.weight" not in tensors:
@@ -93,21 +111,14 @@ def _read(path: str | os.PathLike) -> Checkpoint:
 
 
 HUB_PREFIX = "hf-hub:"
+LEGACY_PREPROCESSING_KEYS = ("input_size", "crop_pct", "mean", "std")
 
 
-def local_hub_snapshot(repo_id: str) -> Path:
-    """The folder of ``repo_id`` in the local Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache)."""
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    ref = repo / "refs" / "main"
-    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-    if ref.is_file():
-        return repo / "snapshots" / ref.read_text().strip()
-    if snapshots:
-        return snapshots[-1]
-    raise CheckpointError(f"{repo_id} is not in the local Hugging Face cache ({cache}); nothing is downloaded, "
-                          "so fetch it where there is network and copy the cache, or pass a file path")
+def _hub_folder(spec: str) -> Path:
+    """``ORG/NAME[@REVISION]`` -> the snapshot folder holding its model.safetensors (and config.json)."""
+    repo_id, _, revision = spec.partition("@")
+    fetch_hub_file(repo_id, "config.json", revision or None, name=HUB_PREFIX + spec, required=False)
+    return fetch_hub_file(repo_id, "model.safetensors", revision or None, name=HUB_PREFIX + spec).parent
 
 
 def _read_hub_folder(folder: Path) -> Checkpoint:
@@ -122,6 +133,8 @@ def _read_hub_folder(folder: Path) -> Checkpoint:
             raise CheckpointError(f"{config_file} is not valid JSON ({err.msg} at line {err.lineno})") from None
         architecture = str(hub_config.get("architecture", "")).split("/")[-1].split(".")[0]
         checkpoint.variant = checkpoint.variant or architecture or None
+        if isinstance(hub_config.get("pretrained_cfg"), dict):  # timm's config.json
+            checkpoint.preprocessing = checkpoint.preprocessing or Preprocessing.from_dict(hub_config["pretrained_cfg"])
         if hub_config.get("label_names"):
             checkpoint.metadata["class_names"] = json.dumps(list(hub_config["label_names"]))
     return checkpoint
@@ -281,6 +294,8 @@ def save_checkpoint(
     """Write ``model`` as safetensors with its config in the metadata, atomically (temp + rename)."""
     config: CoaTConfig = model.config
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(config.to_dict())}
+    if getattr(model, "preprocessing", None) is not None:
+        meta["preprocessing"] = model.preprocessing.to_json()
     variant = variant or getattr(model, "variant", None)
     if variant:
         meta["variant"] = variant

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import detect_commands, model_commands, train_commands, use_commands
+from .commands import detect_commands, model_commands, train_commands, use_commands, weights_commands
 from .extras import MissingExtraError, require
 from .train.loop import TrainingError
 
-COMMAND_MODULES = [model_commands, train_commands, use_commands, detect_commands]
+COMMAND_MODULES = [model_commands, weights_commands, train_commands, use_commands, detect_commands]
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
 
 

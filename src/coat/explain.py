@@ -39,7 +39,7 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
         grad = tokens_to_nchw(tokens[cam_scale].grad, grids[cam_scale])[0]  # [C, h, w]
         cam = F.relu((grad.mean(dim=(1, 2))[:, None, None] * maps[cam_scale]).sum(0))
         cam = cam / cam.max().clamp(min=1e-12)
-    _plot(x[0], model.config.mean, model.config.std, energies, cam,
+    _plot(x[0], model.preprocessing.mean, model.preprocessing.std, energies, cam,
           f"{loaded.class_names[top]} ({probs[top]:.1%}), scale {cam_scale + 1}", Path(output))
     return {"label": loaded.class_names[top], "index": top, "prob": float(probs[top]), "output": str(output)}
 

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_checkpoint
+from .data.preprocessing import Preprocessing
 from .models.coat import CoaT
 from .models.config import VARIANTS, CoaTConfig
+from .weights import Weights, get_weights
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +35,37 @@ def variant_config(name: str, **overrides: Any) -> CoaTConfig:
 
 
 def create_model(
-    name: str, pretrained: str | os.PathLike | Checkpoint | None = None, num_classes: int | None = None,
-    **overrides: Any
+    name: str, pretrained: bool | str | os.PathLike | Weights | Checkpoint | None = None,
+    num_classes: int | None = None, **overrides: Any
 ) -> CoaT:
-    """Build variant ``name``; with ``pretrained``, load weights from any readable checkpoint (a path,
-    or a ``Checkpoint`` already read with ``read_checkpoint``).
+    """Build variant ``name``; with ``pretrained``, load weights:
+
+    ``True`` (the variant's default released weights, ``NAME.in1k``), a weights name
+    (``"coat_lite_small.authors"``), a ``Weights`` entry, any readable checkpoint (a path, a
+    Hugging Face folder, ``hf-hub:ORG/NAME``) or a ``Checkpoint`` already read.
 
     ``num_classes`` defaults to the checkpoint's (or 1000); a different value re-initialises the
-    classifier and logs that it did.
+    classifier and logs that it did. ``model.preprocessing`` is what the weights expect.
     """
+    if pretrained is True:
+        pretrained = get_weights(name)
+    elif pretrained is False:
+        pretrained = None
     checkpoint = pretrained if isinstance(pretrained, Checkpoint) or pretrained is None else read_checkpoint(pretrained)
     file_classes = checkpoint.num_classes if checkpoint else None
     if num_classes is None:
         num_classes = file_classes or VARIANTS.get(name, VARIANTS["coat_lite_tiny"]).config.num_classes
     model = CoaT(variant_config(name, num_classes=num_classes, **overrides))
     model.variant = name
+    model.preprocessing = (checkpoint and checkpoint.preprocessing) or default_preprocessing(name)
     if checkpoint is not None:
         _load_weights(model, checkpoint, name, checkpoint.path)
     return model
+
+
+def default_preprocessing(name: str | None) -> Preprocessing:
+    """The preprocessing of the variant's default weights (generic ImageNet 224 for unknown names)."""
+    return get_weights(name).preprocessing if name in VARIANTS else Preprocessing()
 
 
 def load_model(path: str | os.PathLike | Checkpoint, **overrides: Any) -> CoaT:
@@ -61,6 +76,7 @@ def load_model(path: str | os.PathLike | Checkpoint, **overrides: Any) -> CoaT:
                               f"pretrained={checkpoint.path!r}) or `coat convert` it first")
     model = CoaT(dataclasses.replace(checkpoint.config, **overrides))
     model.variant = checkpoint.variant
+    model.preprocessing = checkpoint.preprocessing or default_preprocessing(checkpoint.variant)
     _load_weights(model, checkpoint, checkpoint.variant or "model", checkpoint.path)
     return model
 

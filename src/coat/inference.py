@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint
 from .data.datasets import DataError, load_rgb
-from .data.transforms import eval_transform
 from .factory import create_model, infer_variant, load_model
 from .models.coat import CoaT
 
@@ -88,9 +88,9 @@ class ImageFiles(Dataset):
         return self.transform(load_rgb(str(self.paths[index])))
 
 
-def preprocessing(model: CoaT, input_size: int | None = None, crop_pct: float | None = None):
-    cfg = model.config
-    return eval_transform(input_size or cfg.input_size, crop_pct or cfg.crop_pct, cfg.mean, cfg.std)
+def preprocessing(model: CoaT, input_size: int | None = None, crop_pct: float | None = None) -> v2.Compose:
+    """The model's evaluation transform (from its weights), with ``input_size`` / ``crop_pct`` overridden if given."""
+    return model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ _HELP = {
     "detector": "maskrcnn (boxes + masks) or fasterrcnn (boxes)",
     "lr_steps": "epochs after which the lr drops 10x",
     "min_sizes": "short sides for multi-scale training; the last one is also the test size",
-    "pretrained": "backbone weights (any classification checkpoint the library reads)",
+    "pretrained": "backbone weights: a released weights name (coat_lite_small) or any classification checkpoint",
     "resume": "'auto' (OUTPUT/last.pt if present) or the path of a last.pt",
     "frozen_stages": "freeze the patch embeddings and blocks of the first N scales",
     "overwrite": "replace the run already in --output",

@@ -13,6 +13,7 @@ from ..checkpoint import read_checkpoint, save_checkpoint
 from ..factory import create_model, infer_variant, variant_config
 from ..models.coat import CoaT
 from ..models.config import VARIANTS
+from ..weights import list_weights
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def measured_gmacs(name: str, size: int | None = None) -> float:
     """Multiply-accumulates of one forward pass, counted on the meta device (no compute)."""
     config = variant_config(name)
-    size = size or config.input_size
+    size = size or VARIANTS[name].input_size
     with torch.device("meta"):
         model = CoaT(config)
         x = torch.empty(1, 3, size, size)
@@ -48,7 +49,7 @@ def variant_rows(names: list[str]) -> list[dict]:
         with torch.device("meta"):
             params = sum(p.numel() for p in CoaT(info.config).parameters())
         rows.append({"name": name, "params_m": round(params / 1e6, 2), "gmacs": round(measured_gmacs(name), 2),
-                     "input_size": info.config.input_size, "paper_top1": info.top1,
+                     "input_size": info.input_size, "weights": list_weights(name), "paper_top1": info.top1,
                      "paper_params_m": info.params_m, "paper_gmacs": info.gmacs,
                      "kind": "CoaT-Lite" if info.config.is_lite else "CoaT"})
     return rows
@@ -59,10 +60,10 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<22}{'kind':<11}{'params (M)':>11}{'GMACs':>8}{'input':>7}{'top-1 (paper)':>15}")
+    print(f"{'model':<22}{'kind':<11}{'params (M)':>11}{'GMACs':>8}{'input':>7}{'top-1 (paper)':>15}  weights")
     for r in rows:
         print(f"{r['name']:<22}{r['kind']:<11}{r['params_m']:>11.2f}{r['gmacs']:>8.2f}"
-              f"{r['input_size']:>7}{r['paper_top1']:>15.1f}")
+              f"{r['input_size']:>7}{r['paper_top1']:>15.1f}  {', '.join(r['weights'])}")
     if args.name:
         print(json.dumps(VARIANTS[args.name].config.to_dict(), indent=2))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,18 +11,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.datasets import collate_skipping_none, eval_split
-from ..inference import load_for_inference, preprocessing
+from ..inference import load_for_inference
 from ..models.config import VARIANTS
+from ..train.classify import evaluate, fit
 from ..train.config import RECIPES, TrainConfig, resolve
 from ..train.distributed import pick_device
 from .config_flags import add_config_flags, given_flags
-from ..train.classify import evaluate, fit
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",
     "recipe": f"named recipe: {', '.join(RECIPES)} (default: imagenet with --data, small without)",
     "resume": "'auto' (OUTPUT/last.pt if present) or the path of a last.pt",
-    "pretrained": "weights to fine-tune from (any checkpoint the library reads); the head is re-initialised",
+    "pretrained": "weights to fine-tune from: a released weights name (coat_lite_small, coat_lite_small.authors) "
+                  "or any checkpoint the library reads; the head is re-initialised",
     "lr": "peak learning rate (default: base_lr x global batch / 512)",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA",
@@ -65,7 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     loaded = load_for_inference(args.checkpoint, args.model)
     model, class_names, cfg = loaded.model, loaded.class_names, loaded.model.config
-    transform = preprocessing(model, args.input_size, args.crop_pct)
+    used = model.preprocessing.replace(input_size=args.input_size, crop_pct=args.crop_pct)
+    transform = used.transforms()
     dataset = eval_split(args.data, transform, args.skip_corrupt)
     if hasattr(dataset, "classes") and len(dataset.classes) != cfg.num_classes:
         raise ValueError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "
@@ -80,8 +83,7 @@ def run_eval(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(args.checkpoint), "data": args.data or "embedded held-out split",
               "images": result.count, "skipped_images": result.skipped, "top1": result.top1, "top5": result.top5,
-              "loss": result.loss, "input_size": args.input_size or cfg.input_size,
-              "crop_pct": args.crop_pct or cfg.crop_pct,
+              "loss": result.loss, "preprocessing": dataclasses.asdict(used),
               "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
               "confusion_matrix": result.confusion.tolist()}
     results_path.write_text(json.dumps(record, indent=2) + "\n")

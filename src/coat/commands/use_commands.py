@@ -16,8 +16,9 @@ from ..models.config import VARIANTS
 
 def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
     parser.add_argument("--checkpoint", required=required_checkpoint,
-                        help="weights: ours (.safetensors), the authors' .pth, timm's .pth/.safetensors, "
-                             "or a Hugging Face style folder (config.json + model.safetensors)")
+                        help="weights: released weights by name (coat_lite_small, coat_lite_small.authors; "
+                             "`coat download --list`), ours (.safetensors), the authors' .pth, timm's "
+                             ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME")
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
 

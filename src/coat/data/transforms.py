@@ -1,4 +1,4 @@
-"""torchvision v2 transforms for training and evaluation, from a recipe's values."""
+"""torchvision v2 transforms for training, from a recipe's values (evaluation: ``Preprocessing.transforms``)."""
 
 from __future__ import annotations
 
@@ -26,17 +26,6 @@ def train_transform(size: int, scale_min: float, hflip: float, randaugment_magni
     if random_erasing > 0:
         steps.append(v2.RandomErasing(random_erasing, value=0))
     return v2.Compose(steps)
-
-
-def eval_transform(size: int, crop_pct: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the short side to ``size / crop_pct`` (bicubic), center-crop ``size``, normalise."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(int(size / crop_pct), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
 
 
 def batch_mixing(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import fast
+from ..data.preprocessing import Preprocessing
 from .blocks import LN_EPS, ParallelBlock, Stage, run_block
 from .config import CoaTConfig
 from .layers import Grid, tokens_to_nchw
@@ -26,6 +27,7 @@ class CoaT(nn.Module):
     def __init__(self, config: CoaTConfig) -> None:
         super().__init__()
         self.config = config
+        self.preprocessing = Preprocessing()  # what the weights expect; set by create_model / load_model
         dims = config.embed_dims
         in_dims = (config.in_chans, *dims[:-1])
         self.stages = nn.ModuleList(

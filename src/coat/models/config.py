@@ -11,7 +11,8 @@ COSCALE_MODES = ("interpolate", "attention")
 
 @dataclass(frozen=True)
 class CoaTConfig:
-    """Everything that determines a CoaT model's architecture.
+    """Everything that determines a CoaT model's architecture (preprocessing travels with the weights:
+    ``coat.weights``, ``CoaT.preprocessing``).
 
     ``parallel_depth == 0`` gives CoaT-Lite (serial blocks only, head on scale 4's CLS token);
     otherwise the co-scale parallel blocks run on scales 2-4 and the head mixes their CLS tokens.
@@ -30,11 +31,6 @@ class CoaTConfig:
     crpe_windows: dict[int, int] = field(default_factory=lambda: {3: 2, 5: 3, 7: 3})
     drop_path_rate: float = 0.0
     coscale: str = "interpolate"
-    # Preprocessing that travels with the weights (DESIGN.md §5).
-    input_size: int = 224
-    crop_pct: float = 0.875
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         if self.coscale not in COSCALE_MODES:
@@ -72,7 +68,7 @@ class CoaTConfig:
         values = dict(data)
         if "crpe_windows" in values:
             values["crpe_windows"] = {int(k): int(v) for k, v in values["crpe_windows"].items()}
-        for name in ("embed_dims", "serial_depths", "mlp_ratios", "patch_sizes", "mean", "std"):
+        for name in ("embed_dims", "serial_depths", "mlp_ratios", "patch_sizes"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -80,12 +76,13 @@ class CoaTConfig:
 
 @dataclass(frozen=True)
 class VariantInfo:
-    """A released variant: its config and the facts the paper reports for it."""
+    """A released variant: its config and the facts the paper reports for it (at ``input_size``)."""
 
     config: CoaTConfig
     params_m: float
     gmacs: float
     top1: float
+    input_size: int = 224
 
 
 def _lite(dims: tuple, depths: tuple, ratios: tuple = (8, 8, 4, 4), **kw: Any) -> CoaTConfig:
@@ -103,7 +100,7 @@ VARIANTS: dict[str, VariantInfo] = {
     "coat_lite_mini": VariantInfo(_lite((64, 128, 320, 512), (2, 2, 2, 2)), 11.01, 2.00, 79.1),
     "coat_lite_small": VariantInfo(_lite((64, 128, 320, 512), (3, 4, 6, 3)), 19.84, 3.96, 81.9),
     "coat_lite_medium": VariantInfo(_lite(*_MEDIUM), 44.57, 9.81, 83.6),
-    "coat_lite_medium_384": VariantInfo(_lite(*_MEDIUM, input_size=384, crop_pct=1.0), 44.57, 28.73, 84.5),
+    "coat_lite_medium_384": VariantInfo(_lite(*_MEDIUM), 44.57, 28.73, 84.5, input_size=384),
     "coat_tiny": VariantInfo(_coat((152, 152, 152, 152)), 5.50, 4.35, 78.3),
     "coat_mini": VariantInfo(_coat((152, 216, 216, 216)), 10.34, 6.82, 81.0),
     "coat_small": VariantInfo(_coat((152, 320, 320, 320)), 21.69, 12.61, 82.1),

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..data.datasets import EMBEDDED_NAME, DataError, collate_skipping_none, embedded_splits, folder_splits
-from ..data.transforms import batch_mixing, eval_transform, train_transform
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import batch_mixing, train_transform
 from ..factory import create_model
 from ..models.coat import CoaT
 from .config import TrainConfig
@@ -107,7 +108,7 @@ class ClassificationTask:
         config = self.config
         train_tf = train_transform(config.input_size, config.scale_min, config.hflip, config.randaugment_magnitude,
                                    config.random_erasing, config.mean, config.std, config.rotation)
-        val_tf = eval_transform(config.input_size, config.crop_pct, config.mean, config.std)
+        val_tf = self.preprocessing().transforms()
         if config.data is None:
             train_set, val_set = embedded_splits(train_tf, val_tf)
         else:
@@ -130,10 +131,16 @@ class ClassificationTask:
     def build_model(self) -> CoaT:
         config = self.config
         model = create_model(config.model, pretrained=config.pretrained, num_classes=len(self.classes),
-                             drop_path_rate=config.drop_path or 0.0, input_size=config.input_size,
-                             crop_pct=config.crop_pct, mean=tuple(config.mean), std=tuple(config.std))
+                             drop_path_rate=config.drop_path or 0.0)
+        model.preprocessing = self.preprocessing()  # saved with the checkpoints
         model.set_grad_checkpointing(config.grad_checkpointing)
         return model
+
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation preprocessing of this run (the recipe's size, crop and normalisation)."""
+        config = self.config
+        return Preprocessing(input_size=config.input_size, crop_pct=config.crop_pct, mean=tuple(config.mean),
+                             std=tuple(config.std))
 
     def peak_lr(self, world_size: int) -> float:
         config = self.config

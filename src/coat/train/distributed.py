@@ -13,7 +13,6 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch
