@@ -38,6 +38,7 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
         model.train()
         assert chosen(model, x) == "reference"  # no-grad forward in training mode (drop path would be on)
     assert chosen(model, x) == "cpu_training"
+    assert chosen(model, torch.randn(1, 3, 32, 64)) == "reference"  # 8x16 stage-1 tokens: too small to pay
     model.eval()
     assert chosen(model, x) == "cpu_training"  # e.g. Grad-CAM: eval mode with autograd
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The recipe pieces: configuration, optimiser groups, schedule, sampler, transforms, mixing."""
 
+import contextlib
 import math
 
 import pytest
@@ -136,3 +137,24 @@ def test_rotation_turns_the_image_and_zero_keeps_it():
     assert torch.allclose(plain, torch.from_numpy(pixels.numpy()).permute(2, 0, 1).float() / 255, atol=0.02)
     turned = train_transform(32, 1.0, 0.0, 0, 0.0, (0.0,) * 3, (1.0,) * 3, rotation=90)
     assert any(not torch.allclose(turned(image), plain, atol=0.1) for _ in range(5))
+
+
+def test_embedded_data_is_augmented_by_batch():
+    """The embedded set's recipe needs only crops and rotations: raw uint8 batches, one resampling per batch."""
+    from coat.data.datasets import Preloaded
+    from coat.train.classify import ClassificationTask
+    from coat.train.config import resolve
+    from coat.train.distributed import DistInfo
+
+    task = ClassificationTask(resolve({"batch_size": 16, "rotation": 10.0}))
+    train, val = task.build_data(DistInfo(0, 1))
+    images, targets, skipped = next(iter(train))
+    assert images.dtype == torch.uint8 and images.shape == (16, 1, 28, 28) and skipped == 0
+    assert isinstance(val.dataset, Preloaded) and val.dataset[0][0].shape == (3, 32, 32)
+    model = task.build_model()
+    loss, count = task.batch_loss(model, (images, targets, 0), torch.device("cpu"), contextlib.nullcontext())
+    assert count == 16 and torch.isfinite(loss)
+    assert "augmented by batch" in task.describe(DistInfo(0, 1), torch.device("cpu"), 1e-3)
+    per_image = ClassificationTask(resolve({"batch_size": 16, "hflip": 0.5}))  # a flip: the per-image path
+    images, _, _ = next(iter(per_image.build_data(DistInfo(0, 1))[0]))
+    assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and per_image.batch_transform is None

@@ -14,7 +14,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_t
         flag = "--" + field.name.replace("_", "-")
         help_text = f"{help_texts.get(field.name, '')} (recipe default: {field.default})".strip()
         type_name = str(field.type)  # annotations are strings here: "int", "float | None", "tuple[...]"
-        if type_name == "bool":
+        if type_name in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif type_name.startswith("tuple[int"):
             parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)

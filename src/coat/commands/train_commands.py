@@ -26,7 +26,8 @@ _HELP = {
                   "or any checkpoint the library reads; the head is re-initialised",
     "lr": "peak learning rate (default: base_lr x global batch / 512)",
     "device": "auto, cpu, cuda or cuda:N",
-    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA",
+    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small recipe: only on CPUs with AMX, "
+           "where it was measured to pay)",
     "compile": "torch.compile the model",
     "overwrite": "replace the run already in --output",
     "skip_corrupt": "skip unreadable images (counted in the metrics) instead of stopping",

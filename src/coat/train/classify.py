@@ -20,14 +20,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
-from ..data.datasets import EMBEDDED_NAME, DataError, collate_skipping_none, embedded_splits, folder_splits
+from ..data.batch_augment import BatchTrainTransform
+from ..data.datasets import EMBEDDED_NAME, DataError, Preloaded, collate_skipping_none, embedded_splits, folder_splits
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import batch_mixing, train_transform
 from ..factory import create_model
 from ..models.coat import CoaT
 from .config import TrainConfig
 from .distributed import DistInfo, RepeatedAugSampler, ShardSampler, all_reduce_sum
-from .loop import backward_and_step, run
+from .loop import amp_enabled, backward_and_step, run
 from .optim import warmup_cosine
 
 
@@ -102,17 +103,29 @@ class ClassificationTask:
         self.config = config
         self.classes: list[str] = []
         self.mixing = None
+        self.batch_transform: BatchTrainTransform | None = None
         self.sizes = (0, 0)  # train, val images
+
+    def augments_by_batch(self) -> bool:
+        """In-memory data (the embedded set) whose recipe needs only crops and rotations: one resampling per
+        batch instead of one transform call per image."""
+        config = self.config
+        return config.data is None and not (config.hflip or config.randaugment_magnitude or config.random_erasing)
 
     def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]:
         config = self.config
-        train_tf = train_transform(config.input_size, config.scale_min, config.hflip, config.randaugment_magnitude,
-                                   config.random_erasing, config.mean, config.std, config.rotation)
         val_tf = self.preprocessing().transforms()
-        if config.data is None:
-            train_set, val_set = embedded_splits(train_tf, val_tf)
+        if self.augments_by_batch():
+            self.batch_transform = BatchTrainTransform(config.input_size, config.scale_min, config.rotation,
+                                                       config.mean, config.std)
+            train_set, val_set = embedded_splits(None, val_tf, raw_train=True)
+            val_set = Preloaded(val_set)  # evaluated every epoch with the same transform
         else:
-            train_set, val_set = folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
+            train_tf = train_transform(config.input_size, config.scale_min, config.hflip,
+                                       config.randaugment_magnitude, config.random_erasing, config.mean, config.std,
+                                       config.rotation)
+            train_set, val_set = (embedded_splits(train_tf, val_tf) if config.data is None
+                                  else folder_splits(config.data, train_tf, val_tf, config.skip_corrupt))
         self.classes, self.sizes = train_set.classes, (len(train_set), len(val_set))
         self.mixing = batch_mixing(config.mixup, config.cutmix, len(self.classes))
         global_batch = config.batch_size * info.world_size
@@ -161,6 +174,8 @@ class ClassificationTask:
         if not len(targets):
             return torch.zeros((), device=device), 0
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if self.batch_transform is not None:
+            images = self.batch_transform(images)  # uint8 [B, 1, H, W] -> normalised [B, 3, S, S]
         if self.mixing is not None:
             images, targets = self.mixing(images, targets)  # targets become soft [B, num_classes]
         with autocast:
@@ -181,7 +196,9 @@ class ClassificationTask:
         source = EMBEDDED_NAME if config.data is None else config.data
         return (f"training {config.model} ({config.recipe} recipe) on {source}: {self.sizes[0]} train / "
                 f"{self.sizes[1]} val images, {len(self.classes)} classes, {info.world_size} process(es) on {device}, "
-                f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}")
+                f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"
+                f"{', augmented by batch' if self.batch_transform is not None else ''}"
+                f"{', bf16 autocast' if amp_enabled(device, config) else ''}")
 
 
 def fit(config: TrainConfig) -> dict[str, Any]:

@@ -76,8 +76,19 @@ class Task(Protocol):
 
 
 # ---------------------------------------------------------------------------- steps
+def amp_enabled(device: torch.device, config: RunConfig) -> bool:
+    """``--amp`` / ``--no-amp``; unset (``None``, the small recipe): bf16 autocast only where it was measured to
+    pay, CPUs with AMX matrix units (coat_lite_tiny, batch 128, 32x32 training step: 294 vs 384 ms; BENCHMARKS.md)."""
+    if config.amp is not None:
+        return config.amp
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return device.type == "cpu" and has_amx()
+
+
 def autocast_context(device: torch.device, config: RunConfig) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=amp_dtype(device, config)) if config.amp else contextlib.nullcontext()
+    if not amp_enabled(device, config):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype(device, config))
 
 
 def amp_dtype(device: torch.device, config: RunConfig) -> torch.dtype:
@@ -142,7 +153,7 @@ def run(task: Task) -> dict[str, Any]:
     scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
            if config.ema_decay > 0 else None)
-    use_scaler = config.amp and device.type == "cuda" and amp_dtype(device, config) == torch.float16
+    use_scaler = amp_enabled(device, config) and device.type == "cuda" and amp_dtype(device, config) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     log = RunLog(output, info.is_main, task.plot_panels)
     start_epoch, best_score, seconds_training, images_trained = 0, float("-inf"), 0.0, 0
