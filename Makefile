@@ -23,6 +23,7 @@ demo: $(STAMP)
 	@echo "plots:      runs/demo/plots/"
 	@echo "checkpoint: runs/demo/best.safetensors"
 	@echo "summary:    runs/demo/summary.json"
+	@echo "predict:    .venv/bin/coat predict docs/digit_7.png --checkpoint runs/demo/best.safetensors"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
