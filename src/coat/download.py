@@ -109,7 +109,7 @@ def fetch_hub_file(repo_id: str, filename: str, revision: str | None = None, nam
     """``filename`` of Hugging Face repository ``repo_id`` from huggingface_hub's cache (downloaded first
     unless offline); ``None`` for a missing optional file."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     name = name or f"hf-hub:{repo_id}"
     cache = hub_cache_dir()
