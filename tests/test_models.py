@@ -62,7 +62,7 @@ def test_forward_intermediates_and_feature_info(name):
     model = coat.create_model(name, num_classes=0).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        feats = model.forward_intermediates(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         pooled = model(x)
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
     for feat, info in zip(feats, model.feature_info):
@@ -87,7 +87,7 @@ def test_forward_features_then_head_equals_forward():
 def test_odd_input_sizes(name, size):
     model = coat.create_model(name, num_classes=3).eval()
     with torch.no_grad():
-        feats = model.forward_intermediates(torch.randn(1, 3, *size))
+        feats = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
     h, w = size
     for feat, r in zip(feats, (4, 8, 16, 32)):
         h, w = h // (2 if r > 4 else 4), w // (2 if r > 4 else 4)
@@ -98,7 +98,7 @@ def test_odd_input_sizes(name, size):
 def test_detection_sized_input():
     model = coat.create_model("coat_lite_tiny", num_classes=0).eval()
     with torch.no_grad():
-        feats = model.forward_intermediates(torch.randn(1, 3, 800, 1333))
+        feats = model.forward_intermediates(torch.randn(1, 3, 800, 1333), intermediates_only=True)
     assert [tuple(f.shape[-2:]) for f in feats] == [(200, 333), (100, 166), (50, 83), (25, 41)]
 
 

@@ -21,7 +21,7 @@ def assert_matches_fixture(model, expected, grad=False):
     model.eval()
     with torch.set_grad_enabled(grad):  # autograd on: the training implementation (cpu_training on CPU)
         logits = model(expected["input"])
-        feats = model.forward_intermediates(expected["input"])
+        feats = model.forward_intermediates(expected["input"], intermediates_only=True)
     assert (logits - expected["logits"]).abs().max().item() < TOL
     for i, feat in enumerate(feats, start=1):
         assert feat[0].shape == expected[f"feat{i}"].shape

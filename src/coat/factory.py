@@ -93,7 +93,28 @@ def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -
             logger.info("dropped the %d-class classifier of %s (num_classes=0)", checkpoint.num_classes, name)
     for note in checkpoint.notes:
         logger.debug("%s: %s", source, note)
+    if FIRST_CONV in state:  # weights for RGB into a model for other inputs (in_chans=1, say)
+        state[FIRST_CONV] = adapt_input_conv(state[FIRST_CONV], model.config.in_chans, name)
     load_state_into(model, state, source=f"{source} ({checkpoint.source_format} format)")
+
+
+FIRST_CONV = "stages.0.patch_embed.proj.weight"
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int, name: str = "model") -> torch.Tensor:
+    """The first conv's kernel ``[C_out, C_in, k, k]`` for ``in_chans`` inputs (timm's rule): one channel gets the
+    sum over the file's channels (a gray image x then gives what RGB (x, x, x) gave); more channels repeat the
+    kernel cyclically, scaled by C_in / in_chans (for multiples of C_in, equal channels answer as before)."""
+    file_chans = weight.shape[1]
+    if in_chans == file_chans:
+        return weight
+    if in_chans == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        repeats = -(-in_chans // file_chans)
+        adapted = weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (file_chans / in_chans)
+    logger.info("adapted the first conv of %s from %d to %d input channels", name, file_chans, in_chans)
+    return adapted
 
 
 def infer_variant(state: dict) -> str:

@@ -40,7 +40,7 @@ class CoaTBackbone(nn.Module):
                     module.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return OrderedDict((str(i), feature) for i, feature in enumerate(self.body.forward_intermediates(x)))
+        return OrderedDict((str(i), feature) for i, feature in enumerate(self.body.forward_intermediates(x, intermediates_only=True)))
 
 
 class CoaTFPN(nn.Module):

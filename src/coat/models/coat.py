@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -36,8 +37,10 @@ class CoaT(nn.Module):
             for i in range(4)
         )
         reductions = list(itertools.accumulate(config.patch_sizes, operator.mul))  # 4, 8, 16, 32
-        self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i], "module": f"stages.{i}"}
-                             for i in range(4)]
+        # where each scale's output comes from: its stage, or for CoaT's scales 2-4 the last parallel block
+        last = "stages.{}" if config.is_lite else f"parallel_blocks.{config.parallel_depth - 1}"
+        self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i],
+                              "module": f"stages.{i}" if i == 0 else last.format(i)} for i in range(4)]
         self.parallel_blocks = nn.ModuleList(
             ParallelBlock(dims[1], 3, config.num_heads, config.mlp_ratios[1], config.qkv_bias,
                           config.drop_path_rate, config.coscale)
@@ -70,13 +73,7 @@ class CoaT(nn.Module):
 
     def reference_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         """``forward_tokens`` through the reference modules: the four stages, then the parallel blocks."""
-        tokens, grids = [], []
-        feature = x
-        for stage in self.stages:
-            out, grid = stage(feature)
-            tokens.append(out)
-            grids.append(grid)
-            feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W]
+        tokens, grids = self._serial_stages(x, len(self.stages))
         if self.parallel_blocks:  # co-scale: scales 2-4 together, sharing each scale's CPE and CRPE
             scales = tokens[1:]
             cpes, crpes = [stage.cpe for stage in self.stages[1:]], [stage.crpe for stage in self.stages[1:]]
@@ -85,10 +82,52 @@ class CoaT(nn.Module):
             tokens = tokens[:1] + list(scales)
         return tokens, grids
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four feature maps ``[B, C_s, H/r, W/r]`` for r = 4, 8, 16, 32 (CLS removed)."""
-        tokens, grids = self.forward_tokens(x)
-        return [tokens_to_nchw(t, g).contiguous(memory_format=torch.channels_last) for t, g in zip(tokens, grids)]
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
+
+        ``maps`` are the scales' feature maps ``[B, C_s, H/r, W/r]`` (r = 4, 8, 16, 32; CLS removed;
+        ``output_fmt="NHWC"``: channels last) for ``indices``: all (None), the last n (an int), or those
+        listed (negative counts from the end). ``norm`` applies the head's norm of a scale where it has
+        one (scale 4 in CoaT-Lite, scales 2-4 in CoaT). ``stop_early`` runs only the stages needed
+        (CoaT's parallel blocks need all four scales, so only a scale-1-only request stops there);
+        the final features are then the last computed stage's tokens.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be NCHW or NHWC, got {output_fmt!r}")
+        take = feature_indices(len(self.stages), indices)
+        stop = max(take) + 1 if stop_early and (self.config.is_lite or max(take) == 0) else len(self.stages)
+        if stop == len(self.stages):
+            tokens, grids = self.forward_tokens(x)
+        else:
+            _check_input(x, self.config.in_chans)
+            tokens, grids = self._serial_stages(x, stop)
+        maps = []
+        for i in take:
+            scale_tokens = self._head_norm(i)(tokens[i]) if norm else tokens[i]
+            feature = tokens_to_nchw(scale_tokens, grids[i])  # [B, C, H_s, W_s]
+            maps.append(feature.permute(0, 2, 3, 1) if output_fmt == "NHWC" else
+                        feature.contiguous(memory_format=torch.channels_last))
+        if intermediates_only:
+            return maps
+        return (self.head_features(tokens) if stop == len(self.stages) else tokens[-1]), maps
+
+    def _serial_stages(self, x: torch.Tensor, count: int) -> tuple[list[torch.Tensor], list[Grid]]:
+        """Tokens and grids of the first ``count`` serial stages (reference modules)."""
+        tokens, grids, feature = [], [], x
+        for stage in self.stages[:count]:
+            out, grid = stage(feature)
+            tokens.append(out)
+            grids.append(grid)
+            feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W]
+        return tokens, grids
+
+    def _head_norm(self, scale: int) -> nn.Module:
+        """The head's norm of ``scale`` (0-3), or identity where the head reads no token of that scale."""
+        first_normed = len(self.stages) - len(self.head_norms)
+        return self.head_norms[scale - first_normed] if scale >= first_normed else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized CLS tokens the head reads: ``[B, 1, C]`` (Lite) or ``[B, 3, C]`` (CoaT)."""
@@ -107,6 +146,29 @@ class CoaT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # ----------------------------------------------------------------- timm's model contract
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the features the classifier reads (``forward_head(..., pre_logits=True)``)."""
+        return self.num_features
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's description of the weights: preprocessing, classes and the first conv / classifier names."""
+        pre = self.preprocessing
+        return {"architecture": getattr(self, "variant", None), "input_size": (self.config.in_chans,
+                pre.input_size, pre.input_size), "crop_pct": pre.crop_pct, "interpolation": pre.interpolation,
+                "crop_mode": pre.crop_mode, "mean": pre.mean, "std": pre.std, "num_classes": self.num_classes,
+                "first_conv": "stages.0.patch_embed.proj", "classifier": "head"}
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
         self.head = self._make_head(num_classes)
@@ -122,6 +184,20 @@ class CoaT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that get no weight decay beyond norms and biases: the CLS tokens."""
         return {f"stages.{i}.cls_token" for i in range(len(self.stages))}
+
+
+def feature_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's index convention: None -> all, n -> the last n, a sequence -> those (negative from the end)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices} asks for the last {indices} of {count} feature maps")
+        return list(range(count - indices, count))
+    chosen = [i % count if -count <= i < count else None for i in indices]
+    if None in chosen:
+        raise ValueError(f"indices {list(indices)} out of range for {count} feature maps")
+    return sorted(set(chosen))
 
 
 def _check_input(x: torch.Tensor, in_chans: int) -> None:

@@ -1,0 +1,83 @@
+"""timm's model contract, as timm users' code reads it: attributes, forward_intermediates' options,
+feature_info, and weights loaded into models for other input channels."""
+
+import pytest
+import torch
+
+import coat
+from coat.bench import timm_pair
+
+ALL = coat.list_models()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_attributes_timm_users_read(name):
+    model = coat.create_model(name, num_classes=7)
+    assert model.num_classes == 7 and model.head_hidden_size == model.num_features == model.config.embed_dims[-1]
+    cfg = model.pretrained_cfg
+    assert cfg is not None and model.default_cfg == cfg
+    assert cfg["input_size"] == (3, coat.VARIANTS[name].input_size, coat.VARIANTS[name].input_size)
+    assert cfg["num_classes"] == 7 and cfg["classifier"] == "head"
+    modules = dict(model.named_modules())
+    assert cfg["first_conv"] in modules and cfg["classifier"] in modules
+    assert cfg["crop_pct"] == coat.get_weights(name).preprocessing.crop_pct
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(torch.randn(1, 3, 64, 64)), pre_logits=True)
+    assert pre.shape == (1, model.head_hidden_size)
+    for info in model.feature_info:
+        assert info["module"] in modules
+    if not model.config.is_lite:  # scales 2-4 come out of the last parallel block
+        last = f"parallel_blocks.{model.config.parallel_depth - 1}"
+        assert [f["module"] for f in model.feature_info] == ["stages.0", last, last, last]
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_forward_intermediates_equals_timms_with_every_option(name):
+    ours, peer = timm_pair(name, img_size=(64, 96))
+    ours.eval(), peer.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for kwargs in ({}, {"indices": 2}, {"indices": [0, -1]}, {"norm": True}, {"indices": [1, 3], "norm": True}):
+            final, maps = ours.forward_intermediates(x, **kwargs)
+            peer_final, peer_maps = peer.forward_intermediates(x, **kwargs)
+            assert len(maps) == len(peer_maps)
+            for a, b in zip(maps, peer_maps):
+                assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-5, kwargs
+            assert torch.allclose(final, ours.forward_features(x))
+            only = ours.forward_intermediates(x, intermediates_only=True, **kwargs)
+            assert all(torch.equal(a, b) for a, b in zip(only, maps))
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_stop_early_and_nhwc(name):
+    model = coat.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        assert torch.allclose(early[0], full[0], atol=1e-5)
+        final, maps = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
+        assert torch.allclose(maps[1], full[1], atol=1e-5)
+        nhwc = model.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
+        assert all(torch.equal(a.permute(0, 3, 1, 2), b) for a, b in zip(nhwc, full))
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, indices=[4])
+    with pytest.raises(ValueError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NLC")
+
+
+@pytest.mark.parametrize("in_chans", [1, 6, 4])
+def test_rgb_weights_into_other_input_channels(official_checkpoint, in_chans, caplog):
+    rgb = coat.create_model("coat_lite_tiny", pretrained=official_checkpoint("coat_lite_tiny")).eval()
+    with caplog.at_level("INFO"):
+        model = coat.create_model("coat_lite_tiny", pretrained=official_checkpoint("coat_lite_tiny"),
+                                  in_chans=in_chans).eval()
+    assert f"from 3 to {in_chans} input channels" in caplog.text
+    assert model.pretrained_cfg["input_size"][0] == in_chans
+    gray = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = model(gray.expand(-1, in_chans, -1, -1))
+        if in_chans % 3 == 0 or in_chans == 1:  # equal channels: the same response as RGB (x, x, x)
+            assert torch.allclose(out, rgb(gray.expand(-1, 3, -1, -1)), atol=1e-4)
+        else:
+            assert out.shape == (2, 1000) and torch.isfinite(out).all()
