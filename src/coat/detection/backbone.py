@@ -40,7 +40,8 @@ class CoaTBackbone(nn.Module):
                     module.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return OrderedDict((str(i), feature) for i, feature in enumerate(self.body.forward_intermediates(x, intermediates_only=True)))
+        maps = self.body.forward_intermediates(x, intermediates_only=True)
+        return OrderedDict((str(i), feature) for i, feature in enumerate(maps))
 
 
 class CoaTFPN(nn.Module):
