@@ -81,3 +81,26 @@ def test_rgb_weights_into_other_input_channels(official_checkpoint, in_chans, ca
             assert torch.allclose(out, rgb(gray.expand(-1, 3, -1, -1)), atol=1e-4)
         else:
             assert out.shape == (2, 1000) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("indices", [[0], [0, 1], 2, [-1]])
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_prune_intermediate_layers_keeps_the_maps_and_drops_the_rest(name, indices):
+    full = coat.create_model(name).eval()
+    pruned = coat.create_model(name).eval()
+    pruned.load_state_dict(full.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, indices=indices, intermediates_only=True)
+        kept = pruned.prune_intermediate_layers(indices)
+        maps = pruned.forward_intermediates(x, indices=indices, intermediates_only=True)
+    assert kept == coat.models.coat.feature_indices(4, indices)
+    assert len(maps) == len(expected) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, expected))
+    assert pruned.num_classes == 0 and isinstance(pruned.head, torch.nn.Identity)
+    stages = max(kept) + 1 if full.config.is_lite or max(kept) == 0 else 4
+    assert len(pruned.stages) == stages and len(pruned.feature_info) >= stages
+    if stages < 4:  # nothing left that the kept maps do not use
+        assert not pruned.parallel_blocks and not pruned.head_norms and pruned.aggregate is None
+        pruned.train()
+        sum(m.sum() for m in pruned.forward_intermediates(x, indices=indices, intermediates_only=True)).backward()
+        assert all(p.grad is not None for p in pruned.parameters())

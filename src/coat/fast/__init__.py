@@ -85,6 +85,7 @@ def _reference_required(model: nn.Module, x: torch.Tensor) -> bool:
         or (not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False))
         or torch.overrides.has_torch_function((x,))
         or _has_hooks(model)
+        or len(model.stages) < 4  # pruned (prune_intermediate_layers): the fast paths run all four scales
     )
 
 

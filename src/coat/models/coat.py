@@ -112,7 +112,30 @@ class CoaT(nn.Module):
                         feature.contiguous(memory_format=torch.channels_last))
         if intermediates_only:
             return maps
-        return (self.head_features(tokens) if stop == len(self.stages) else tokens[-1]), maps
+        return (self.head_features(tokens) if stop == len(self.stages) and self.head_norms else tokens[-1]), maps
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Remove what the maps at ``indices`` do not need (timm's semantics); returns those indices.
+
+        CoaT-Lite drops the stages after the last index; CoaT's parallel blocks need all four scales, so
+        its stages 2-4 and parallel blocks go only when scale 1 alone is kept. ``prune_head`` removes the
+        classifier (and CoaT's CLS aggregation), ``prune_norm`` the head's norms; both go with removed
+        stages. Afterwards the model serves ``forward_intermediates`` of the kept indices.
+        """
+        take = feature_indices(len(self.stages), indices)
+        if self.config.is_lite or max(take) == 0:
+            del self.stages[max(take) + 1:]
+            if max(take) < 3:
+                self.parallel_blocks = nn.ModuleList()
+                self.feature_info = self.feature_info[:len(self.stages)]
+        pruned_stages = len(self.stages) < 4
+        if prune_norm or pruned_stages:
+            self.head_norms = nn.ModuleList()
+        if prune_head or pruned_stages:
+            self.aggregate = None
+            self.reset_classifier(0)
+        return take
 
     def _serial_stages(self, x: torch.Tensor, count: int) -> tuple[list[torch.Tensor], list[Grid]]:
         """Tokens and grids of the first ``count`` serial stages (reference modules)."""
