@@ -104,3 +104,44 @@ def test_prune_intermediate_layers_keeps_the_maps_and_drops_the_rest(name, indic
         pruned.train()
         sum(m.sum() for m in pruned.forward_intermediates(x, indices=indices, intermediates_only=True)).backward()
         assert all(p.grad is not None for p in pruned.parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_only_model(name):
+    torch.manual_seed(0)
+    full = coat.create_model(name).eval()
+    features = coat.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    loaded = features.model.load_state_dict(full.state_dict(), strict=False)  # the pruned model holds a subset
+    assert not loaded.missing_keys
+    dims = full.config.embed_dims
+    assert features.feature_info.channels() == [dims[1], dims[3]] and features.feature_info.reduction() == [8, 32]
+    assert features.feature_info.module_name() == [full.feature_info[1]["module"], full.feature_info[3]["module"]]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        maps = features(x)
+        expected = full.forward_intermediates(x, indices=(1, 3), intermediates_only=True)
+    assert [m.shape for m in maps] == [(1, dims[1], 8, 12), (1, dims[3], 2, 3)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, expected))
+    scale_1 = coat.create_model(name, features_only=True, out_indices=(0,))
+    assert len(scale_1.model.stages) == 1 and not scale_1.model.parallel_blocks  # nothing else is computed
+
+
+def test_features_only_with_weights(official_checkpoint):
+    reference = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny")).eval()
+    features = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny"), features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(features(x), reference.forward_intermediates(x, intermediates_only=True)):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_detection_backbone_leaves_the_given_model_alone():
+    from coat.detection.backbone import CoaTBackbone
+
+    model = coat.create_model("coat_tiny", num_classes=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backbone = CoaTBackbone(model, frozen_stages=1)
+    assert isinstance(model.head, torch.nn.Linear) and model.aggregate is not None and len(model.head_norms) == 3
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert "body.head_norms.0.weight" not in backbone.state_dict() and "body.head.weight" not in backbone.state_dict()

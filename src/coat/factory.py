@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_check
 from .data.preprocessing import Preprocessing
 from .models.coat import CoaT
 from .models.config import VARIANTS, CoaTConfig
+from .models.features import CoaTFeatures
 from .weights import Weights, get_weights
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ def variant_config(name: str, **overrides: Any) -> CoaTConfig:
 
 def create_model(
     name: str, pretrained: bool | str | os.PathLike | Weights | Checkpoint | None = None,
-    num_classes: int | None = None, **overrides: Any
-) -> CoaT:
+    num_classes: int | None = None, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
+    **overrides: Any
+) -> CoaT | CoaTFeatures:
     """Build variant ``name``; with ``pretrained``, load weights:
 
     ``True`` (the variant's default released weights, ``NAME.in1k``), a weights name
@@ -46,6 +49,7 @@ def create_model(
 
     ``num_classes`` defaults to the checkpoint's (or 1000); a different value re-initialises the
     classifier and logs that it did. ``model.preprocessing`` is what the weights expect.
+    ``features_only=True`` returns timm's feature model instead: the maps of scales ``out_indices``.
     """
     if pretrained is True:
         pretrained = get_weights(name)
@@ -60,7 +64,7 @@ def create_model(
     model.preprocessing = (checkpoint and checkpoint.preprocessing) or default_preprocessing(name)
     if checkpoint is not None:
         _load_weights(model, checkpoint, name, checkpoint.path)
-    return model
+    return CoaTFeatures(model, out_indices) if features_only else model
 
 
 def default_preprocessing(name: str | None) -> Preprocessing:

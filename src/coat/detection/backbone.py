@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 
@@ -17,16 +18,16 @@ from ..models.coat import CoaT
 class CoaTBackbone(nn.Module):
     """``forward(x)`` -> ``OrderedDict`` of the four NCHW maps ``"0".."3"`` (strides 4, 8, 16, 32).
 
-    The classifier (head norms, CLS aggregation, linear head) is removed so that every parameter
-    takes part in the loss (no ``find_unused_parameters`` under DDP). ``frozen_stages=k`` freezes
-    the patch embeddings and blocks of the first k scales; ``frozen_norms`` freezes every LayerNorm.
+    Built on a copy of ``model`` (the given model is left as it is) whose classifier (head norms,
+    CLS aggregation, linear head) is pruned, so that every parameter takes part in the loss (no
+    ``find_unused_parameters`` under DDP). ``frozen_stages=k`` freezes the patch embeddings and blocks
+    of the first k scales; ``frozen_norms`` freezes every LayerNorm.
     """
 
     def __init__(self, model: CoaT, frozen_stages: int = 0, frozen_norms: bool = False) -> None:
         super().__init__()
-        model.head = nn.Identity()
-        model.head_norms = nn.ModuleList()
-        model.aggregate = None
+        model = copy.deepcopy(model)
+        model.prune_intermediate_layers([0, 1, 2, 3], prune_norm=True)
         self.body = model
         self.channels = [info["num_chs"] for info in model.feature_info]
         self.strides = [info["reduction"] for info in model.feature_info]
