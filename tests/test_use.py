@@ -52,9 +52,7 @@ def test_predict_json_with_class_names(trained_checkpoint, images, capsys):
 
 def test_predict_matches_the_model(trained_checkpoint, images, capsys):
     model = coat.load_model(trained_checkpoint).eval()
-    from coat.inference import preprocessing
-
-    x = preprocessing(model)(Image.open(images / "1.png").convert("RGB")).unsqueeze(0)
+    x = model.preprocessing.transforms()(Image.open(images / "1.png").convert("RGB")).unsqueeze(0)
     with torch.no_grad():
         expected = model(x).softmax(-1)[0]
     main(["predict", str(images / "1.png"), "--checkpoint", str(trained_checkpoint), "--json", "--topk", "3"])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .checkpoint import atomic_write
 from .data.datasets import load_rgb
 from .extras import pyplot, require
-from .inference import LoadedModel, preprocessing
+from .inference import LoadedModel
 from .models.layers import tokens_to_nchw
 
 FIGURE_INCHES = (18.0, 3.6)
@@ -25,7 +25,7 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
     """Write the explanation PNG; returns the top class and the PNG path."""
     require("plots")
     model = loaded.model.eval()
-    x = preprocessing(model)(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
+    x = model.preprocessing.transforms()(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
     tokens, grids = model.forward_tokens(x)
     cam_scale = max((i for i, (h, w) in enumerate(grids) if min(h, w) >= 2), default=0)
     tokens[cam_scale].retain_grad()

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint
@@ -88,16 +87,12 @@ class ImageFiles(Dataset):
         return self.transform(load_rgb(str(self.paths[index])))
 
 
-def preprocessing(model: CoaT, input_size: int | None = None, crop_pct: float | None = None) -> v2.Compose:
-    """The model's evaluation transform (from its weights), with ``input_size`` / ``crop_pct`` overridden if given."""
-    return model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
-
-
 @torch.no_grad()
 def predict(loaded: LoadedModel, paths: list[Path], topk: int = 5, batch_size: int = 32, workers: int = 0,
             input_size: int | None = None, crop_pct: float | None = None, progress: bool = True) -> list[dict]:
     """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order."""
-    dataset = ImageFiles(paths, preprocessing(loaded.model, input_size, crop_pct))
+    transform = loaded.model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
+    dataset = ImageFiles(paths, transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     k = min(topk, len(loaded.class_names))
     results = []
