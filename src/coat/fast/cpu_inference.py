@@ -57,24 +57,22 @@ def _stage(stage: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Grid]:
     outs = []
     for chunk in x.split(samples_per_chunk(x)):  # samples are independent: a few at a time stay in cache
         for block in stage.blocks:
-            chunk = _serial_block(block, chunk, grid, stage.cpe, encode_values)
+            chunk = _serial_block(block, chunk, grid, encode_values)
         outs.append(chunk)
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), grid
 
 
-def _serial_block(block: nn.Module, x: torch.Tensor, grid: Grid, cpe: ConvPosEnc,
-                  encode_values: ValueEncoder) -> torch.Tensor:
-    _add_position_encoding_(x, grid, cpe)
+def _serial_block(block: nn.Module, x: torch.Tensor, grid: Grid, encode_values: ValueEncoder) -> torch.Tensor:
+    _add_position_encoding_(x, grid, block.cpe)
     x = x + factorized_attention(block.attn, block.norm1(x), grid, encode_values, _sliced(x))
     return _add_mlp_(x, block.norm2, block.mlp)
 
 
-def _parallel_block(block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid], cpes: Sequence[ConvPosEnc],
-                    crpes: Sequence[ConvRelPosEnc]) -> list[torch.Tensor]:
-    for x, grid, cpe in zip(xs, grids, cpes):
+def _parallel_block(block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
+    for x, grid, cpe in zip(xs, grids, block.cpes):
         _add_position_encoding_(x, grid, cpe)
-    outs = [factorized_attention(attn, norm(x), grid, _merged_crpe(crpe), _sliced(x))
-            for attn, norm, x, grid, crpe in zip(block.attns, block.norms1, xs, grids, crpes)]
+    outs = [factorized_attention(attn, norm(x), grid, _merged_crpe(attn.crpe), _sliced(x))
+            for attn, norm, x, grid in zip(block.attns, block.norms1, xs, grids)]
     _mix_by_interpolation_(outs, grids)
     xs = [x + out for x, out in zip(xs, outs)]
     return [_add_mlp_(x, norm, block.mlp) for norm, x in zip(block.norms2, xs)]

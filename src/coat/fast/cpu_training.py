@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..models.blocks import interpolation_mix
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
+from ..models.layers import ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .grouped_conv import GroupedDepthwiseConv
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
 from .trunk import ValueEncoder, factorized_attention, run_trunk
@@ -68,23 +67,21 @@ def _stage(stage: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Grid]:
     x, grid = stage.embed(images)  # [B, 1+H*W, C]
     encode_values = _grouped_crpe(stage.crpe)
     for block in stage.blocks:
-        x = _checkpointed(stage.grad_checkpointing, _serial_block, block, x, grid, stage.cpe, encode_values)
+        x = _checkpointed(stage.grad_checkpointing, _serial_block, block, x, grid, encode_values)
     return x, grid
 
 
-def _serial_block(block: nn.Module, x: torch.Tensor, grid: Grid, cpe: ConvPosEnc,
-                  encode_values: ValueEncoder) -> torch.Tensor:
-    x = cpe(x, grid)
+def _serial_block(block: nn.Module, x: torch.Tensor, grid: Grid, encode_values: ValueEncoder) -> torch.Tensor:
+    x = block.cpe(x, grid)
     x = x + block.drop_path(factorized_attention(block.attn, block.norm1(x), grid, encode_values, False))
     return x + block.drop_path(_mlp_branch(x, block.norm2, block.mlp))
 
 
-def _parallel_block(block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid], cpes: Sequence[ConvPosEnc],
-                    crpes: Sequence[ConvRelPosEnc]) -> list[torch.Tensor]:
-    xs = [cpe(x, grid) for cpe, x, grid in zip(cpes, xs, grids)]
-    outs = [factorized_attention(attn, norm(x), grid, _grouped_crpe(crpe), False)
-            for attn, norm, x, grid, crpe in zip(block.attns, block.norms1, xs, grids, crpes)]
-    mixed = interpolation_mix(outs, grids, _resize_with_contiguous_gradient)
+def _parallel_block(block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
+    xs = [cpe(x, grid) for cpe, x, grid in zip(block.cpes, xs, grids)]
+    outs = [factorized_attention(attn, norm(x), grid, _grouped_crpe(attn.crpe), False)
+            for attn, norm, x, grid in zip(block.attns, block.norms1, xs, grids)]
+    mixed = _mix_by_interpolation(outs, grids)
     xs = [x + block.drop_path(m) for x, m in zip(xs, mixed)]
     return [x + block.drop_path(_mlp_branch(x, norm, block.mlp)) for norm, x in zip(block.norms2, xs)]
 
@@ -108,6 +105,16 @@ def _mlp_branch(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Te
     branch = NormMlpFunction.apply(rows, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
                                    mlp.fc2.bias, norm.eps, tile_rows(mlp.fc1.out_features))
     return branch.view_as(x)
+
+
+def _mix_by_interpolation(outs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
+    """``models.blocks.interpolation_mix`` with resizes that receive a contiguous gradient in backward."""
+    cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
+    mixed = []
+    for i, (out, grid) in enumerate(zip(outs, grids)):
+        others = [_resize_with_contiguous_gradient(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
+        mixed.append(torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1))  # [B, 1+H_i*W_i, C]
+    return mixed
 
 
 def _resize_with_contiguous_gradient(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:

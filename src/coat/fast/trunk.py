@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, tokens_to_nchw
+from ..models.layers import FactorizedAttention, Grid, tokens_to_nchw
 from .grouped_conv import channels_last
 
 # encode_values(v, grid): CRPE's depthwise convs of the values' image tokens, [B, N, C] -> [B, H*W, C]
@@ -21,7 +21,7 @@ def run_trunk(
     run_parallel_block: Callable[..., list[torch.Tensor]],
 ) -> tuple[list[torch.Tensor], list[Grid]]:
     """``CoaT.reference_tokens`` with each stage run by ``run_stage(stage, images)`` and each parallel block by
-    ``run_parallel_block(block, scales, grids, cpes, crpes)``.
+    ``run_parallel_block(block, scales, grids)``.
 
     The images enter channels-last: stage 1's patch convolution then writes its tokens as a view instead of
     an NCHW output that the norm has to copy (batch 16: 46 -> 14 ms); later stages read channels-last views.
@@ -35,10 +35,8 @@ def run_trunk(
         feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W], a view
     if model.parallel_blocks:
         scales = tokens[1:]
-        cpes: Sequence[ConvPosEnc] = [stage.cpe for stage in model.stages[1:]]
-        crpes: Sequence[ConvRelPosEnc] = [stage.crpe for stage in model.stages[1:]]
         for block in model.parallel_blocks:
-            scales = run_parallel_block(block, scales, grids[1:], cpes, crpes)
+            scales = run_parallel_block(block, scales, grids[1:])
         tokens = tokens[:1] + list(scales)
     return tokens, grids
 

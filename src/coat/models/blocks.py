@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,20 +26,22 @@ LN_EPS = 1e-6
 class SerialBlock(nn.Module):
     """Conv-attention block: CPE -> LN -> factorized attention + CRPE -> residual; LN -> MLP -> residual.
 
-    The CPE and CRPE are owned by the stage and shared by all its blocks, so they are passed in.
+    The CPE and CRPE are shared by all blocks of a stage (saved once, under the stage).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
+                 cpe: ConvPosEnc, crpe: ConvRelPosEnc) -> None:
         super().__init__()
+        self.cpe = cpe
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = FactorizedAttention(dim, num_heads, qkv_bias)
+        self.attn = FactorizedAttention(dim, num_heads, qkv_bias, crpe)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = StochasticDepth(drop_path, "row")
 
-    def forward(self, x: torch.Tensor, grid: Grid, cpe: ConvPosEnc, crpe: ConvRelPosEnc) -> torch.Tensor:
-        x = cpe(x, grid)  # [B, 1+H*W, C]
-        x = x + self.drop_path(self.attn(self.norm1(x), grid, crpe))
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        x = self.cpe(x, grid)  # [B, 1+H*W, C]
+        x = x + self.drop_path(self.attn(self.norm1(x), grid))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -64,7 +66,7 @@ class Stage(nn.Module):
         self.cpe = ConvPosEnc(dim)
         self.crpe = ConvRelPosEnc(dim // num_heads, crpe_windows)
         self.blocks = nn.ModuleList(
-            SerialBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path) for _ in range(depth)
+            SerialBlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path, self.cpe, self.crpe) for _ in range(depth)
         )
         self.grad_checkpointing = False
 
@@ -77,15 +79,11 @@ class Stage(nn.Module):
         """``[B, C_in, H, W]`` -> tokens ``[B, 1 + H/p * W/p, C]`` after the serial blocks, and their grid."""
         x, grid = self.embed(x)
         for block in self.blocks:
-            x = run_block(block, self.grad_checkpointing, x, grid, self.cpe, self.crpe)
+            if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, grid, use_reentrant=False)  # recomputed in backward
+            else:
+                x = block(x, grid)
         return x, grid
-
-
-def run_block(block: nn.Module, use_checkpoint: bool, *args: object) -> torch.Tensor:
-    """Call ``block``, recomputing its activations in backward when checkpointing is on."""
-    if use_checkpoint and torch.is_grad_enabled():
-        return checkpoint(block, *args, use_reentrant=False)
-    return block(*args)
 
 
 def resize_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
@@ -95,6 +93,8 @@ def resize_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
 
 class ParallelBlock(nn.Module):
     """Co-scale block on scales 2-4: per-scale CPE and conv-attention, cross-scale mixing, shared MLP.
+
+    ``cpes`` and ``crpes`` are the scales' position encodings, shared with their stages (saved there).
 
     ``coscale="interpolate"`` (the released models, feature interpolation): each scale's attention
     output gets the other scales' outputs added, resized to its grid; the CLS tokens are summed.
@@ -108,65 +108,59 @@ class ParallelBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_scales: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-        coscale: str,
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, coscale: str,
+        cpes: Sequence[ConvPosEnc], crpes: Sequence[ConvRelPosEnc],
     ) -> None:
         super().__init__()
         self.coscale = coscale
+        num_scales = len(cpes)
+        self.cpes = nn.ModuleList(cpes)
         self.norms1 = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in range(num_scales))
-        self.attns = nn.ModuleList(FactorizedAttention(dim, num_heads, qkv_bias) for _ in range(num_scales))
+        self.attns = nn.ModuleList(FactorizedAttention(dim, num_heads, qkv_bias, crpe) for crpe in crpes)
         self.norms2 = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in range(num_scales))
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # one MLP shared by the scales
         self.drop_path = StochasticDepth(drop_path, "row")
 
-    def forward(
-        self,
-        xs: Sequence[torch.Tensor],
-        grids: Sequence[Grid],
-        cpes: Sequence[ConvPosEnc],
-        crpes: Sequence[ConvRelPosEnc],
-    ) -> list[torch.Tensor]:
-        xs = [cpe(x, grid) for cpe, x, grid in zip(cpes, xs, grids)]
-        normed = [norm(x) for norm, x in zip(self.norms1, xs)]
+    def forward(self, xs: list[torch.Tensor], grids: list[Grid]) -> list[torch.Tensor]:
+        """Scales 2-4's tokens ``[B, 1+H_s*W_s, C]`` -> the same shapes."""
+        xs = [cpe(xs[s], grids[s]) for s, cpe in enumerate(self.cpes)]
+        normed = [norm(xs[s]) for s, norm in enumerate(self.norms1)]
         if self.coscale == "interpolate":
-            mixed = self._mix_by_interpolation(normed, grids, crpes)
+            mixed = self._mix_by_interpolation(normed, grids)
         else:
-            mixed = self._mix_by_attention(normed, grids, crpes)
+            mixed = self._mix_by_attention(normed, grids)
         xs = [x + self.drop_path(m) for x, m in zip(xs, mixed)]
-        return [x + self.drop_path(self.mlp(norm(x))) for norm, x in zip(self.norms2, xs)]
+        return [xs[s] + self.drop_path(self.mlp(norm(xs[s]))) for s, norm in enumerate(self.norms2)]
 
-    def _mix_by_interpolation(
-        self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
-    ) -> list[torch.Tensor]:
-        outs = [attn(x, grid, crpe) for attn, x, grid, crpe in zip(self.attns, normed, grids, crpes)]
-        return interpolation_mix(outs, grids, resize_image_tokens)
+    def _mix_by_interpolation(self, normed: list[torch.Tensor], grids: list[Grid]) -> list[torch.Tensor]:
+        outs = [attn(normed[s], grids[s]) for s, attn in enumerate(self.attns)]
+        return interpolation_mix(outs, grids)
 
-    def _mix_by_attention(
-        self, normed: list[torch.Tensor], grids: Sequence[Grid], crpes: Sequence[ConvRelPosEnc]
-    ) -> list[torch.Tensor]:
-        qkvs = [attn.project(x) for attn, x in zip(self.attns, normed)]  # per scale: q, k, v [B, h, N_s, d]
-        mixed = []
-        for i, (attn, grid, crpe) in enumerate(zip(self.attns, grids, crpes)):
-            q, k, v = qkvs[i]
+    def _mix_by_attention(self, normed: list[torch.Tensor], grids: list[Grid]) -> list[torch.Tensor]:
+        qkvs = [attn.project(normed[s]) for s, attn in enumerate(self.attns)]  # per scale: q, k, v [B, h, N_s, d]
+        mixed: list[torch.Tensor] = []
+        for s, attn in enumerate(self.attns):
+            q, k, v = qkvs[s]
             context = factorized_context(k, v)  # [B, h, d, d]
-            for j, (_, k_other, v_other) in enumerate(qkvs):
-                if j != i:
-                    context = context + factorized_context(_resize_heads(k_other, grids[j], grid),
-                                                           _resize_heads(v_other, grids[j], grid))
-            mixed.append(attn.read(q, v, context, grid, crpe))
+            for other, (_, k_other, v_other) in enumerate(qkvs):
+                if other != s:
+                    context = context + factorized_context(_resize_heads(k_other, grids[other], grids[s]),
+                                                           _resize_heads(v_other, grids[other], grids[s]))
+            mixed.append(attn.read(q, v, context, grids[s]))
         return mixed
 
 
-def interpolation_mix(
-    outs: Sequence[torch.Tensor], grids: Sequence[Grid], resize: Callable[[torch.Tensor, Grid, Grid], torch.Tensor]
-) -> list[torch.Tensor]:
+def interpolation_mix(outs: list[torch.Tensor], grids: list[Grid]) -> list[torch.Tensor]:
     """Feature interpolation: each scale's ``[B, 1+H_i*W_i, C]`` plus the other scales' image tokens
-    resized to its grid by ``resize(tokens, grid, target)``; the CLS slot gets the sum of all CLS tokens."""
-    cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
-    mixed = []
-    for i, (out, grid) in enumerate(zip(outs, grids)):
-        others = [resize(other, grids[j], grid) for j, other in enumerate(outs) if j != i]  # [B, H_i*W_i, C] each
-        mixed.append(torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1))
+    resized to its grid; the CLS slot gets the sum of all CLS tokens."""
+    cls_sum = torch.stack([out[:, :1] for out in outs]).sum(0)  # [B, 1, C]
+    mixed: list[torch.Tensor] = []
+    for i, out in enumerate(outs):
+        image = out[:, 1:]  # [B, H_i*W_i, C]
+        for j, other in enumerate(outs):
+            if j != i:
+                image = image + resize_image_tokens(other, grids[j], grids[i])
+        mixed.append(torch.cat((cls_sum, image), dim=1))
     return mixed
 
 

@@ -1,7 +1,7 @@
 """The CoaT / CoaT-Lite model: four stages built in a loop, optional co-scale parallel blocks."""
 
-from __future__ import annotations
-
+# Annotations here are evaluated (no ``from __future__ import annotations``): FX copies ``forward``'s
+# into the code it generates, which TorchScript then has to resolve.
 import dataclasses
 import itertools
 import operator
@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import fast
 from ..data.preprocessing import Preprocessing
-from .blocks import LN_EPS, ParallelBlock, Stage, run_block
+from .blocks import LN_EPS, ParallelBlock, Stage
 from .config import CoaTConfig
 from .layers import Grid, tokens_to_nchw
+from .shared import save_shared_once
 
 MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
 
@@ -24,6 +26,8 @@ class CoaT(nn.Module):
 
     ``forward(x)`` maps images ``[B, 3, H, W]`` (any H, W >= 32) to logits ``[B, num_classes]``.
     """
+
+    __jit_unused_properties__ = ["num_classes", "head_hidden_size", "pretrained_cfg", "default_cfg"]
 
     def __init__(self, config: CoaTConfig) -> None:
         super().__init__()
@@ -42,8 +46,9 @@ class CoaT(nn.Module):
         self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i],
                               "module": f"stages.{i}" if i == 0 else last.format(i)} for i in range(4)]
         self.parallel_blocks = nn.ModuleList(
-            ParallelBlock(dims[1], 3, config.num_heads, config.mlp_ratios[1], config.qkv_bias,
-                          config.drop_path_rate, config.coscale)
+            ParallelBlock(dims[1], config.num_heads, config.mlp_ratios[1], config.qkv_bias, config.drop_path_rate,
+                          config.coscale, [stage.cpe for stage in self.stages[1:]],
+                          [stage.crpe for stage in self.stages[1:]])
             for _ in range(config.parallel_depth)
         )
         self.grad_checkpointing = False
@@ -53,6 +58,7 @@ class CoaT(nn.Module):
         self.aggregate = None if config.is_lite else nn.Conv1d(3, 1, kernel_size=1)
         self.num_features = dims[-1]
         self.head = self._make_head(config.num_classes)
+        save_shared_once(self)  # each scale's CPE / CRPE under its stage's name only
         self.apply(_init_weights)
         for stage in self.stages:
             nn.init.trunc_normal_(stage.cls_token, std=0.02)
@@ -68,18 +74,22 @@ class CoaT(nn.Module):
         computation (the reference modules below, or a faster one of the same math measured to pay
         on this device and mode).
         """
-        _check_input(x, self.config.in_chans)
-        return fast.implementation_for(self, x)(self, x)
+        if not torch.jit.is_scripting():  # TorchScript compiles the reference modules only
+            _check_input(x, self.config.in_chans)
+            return fast.implementation_for(self, x)(self, x)
+        return self.reference_tokens(x)
 
     def reference_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
         """``forward_tokens`` through the reference modules: the four stages, then the parallel blocks."""
         tokens, grids = self._serial_stages(x, len(self.stages))
-        if self.parallel_blocks:  # co-scale: scales 2-4 together, sharing each scale's CPE and CRPE
+        if len(self.parallel_blocks) > 0:  # co-scale: scales 2-4 together, sharing each scale's CPE and CRPE
             scales = tokens[1:]
-            cpes, crpes = [stage.cpe for stage in self.stages[1:]], [stage.crpe for stage in self.stages[1:]]
             for block in self.parallel_blocks:
-                scales = run_block(block, self.grad_checkpointing, scales, grids[1:], cpes, crpes)
-            tokens = tokens[:1] + list(scales)
+                if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                    scales = checkpoint(block, scales, grids[1:], use_reentrant=False)  # recomputed in backward
+                else:
+                    scales = block(scales, grids[1:])
+            tokens = tokens[:1] + scales
         return tokens, grids
 
     def forward_intermediates(
@@ -139,12 +149,15 @@ class CoaT(nn.Module):
 
     def _serial_stages(self, x: torch.Tensor, count: int) -> tuple[list[torch.Tensor], list[Grid]]:
         """Tokens and grids of the first ``count`` serial stages (reference modules)."""
-        tokens, grids, feature = [], [], x
-        for stage in self.stages[:count]:
-            out, grid = stage(feature)
-            tokens.append(out)
-            grids.append(grid)
-            feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W]
+        tokens: list[torch.Tensor] = []
+        grids: list[Grid] = []
+        feature = x
+        for i, stage in enumerate(self.stages):
+            if i < count:
+                out, grid = stage(feature)
+                tokens.append(out)
+                grids.append(grid)
+                feature = tokens_to_nchw(out, grid)  # the next stage's input [B, C, H, W]
         return tokens, grids
 
     def _head_norm(self, scale: int) -> nn.Module:
@@ -158,8 +171,8 @@ class CoaT(nn.Module):
 
     def head_features(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         """``forward_features`` from the four scales' tokens (of ``forward_tokens``)."""
-        head_tokens = tokens[-len(self.head_norms):]
-        return torch.cat([norm(t[:, :1]) for norm, t in zip(self.head_norms, head_tokens)], dim=1)
+        first = len(tokens) - len(self.head_norms)  # the head reads the last len(head_norms) scales
+        return torch.cat([norm(tokens[first + i][:, :1]) for i, norm in enumerate(self.head_norms)], dim=1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[B, S, C]`` from ``forward_features`` -> logits ``[B, num_classes]`` (or ``[B, C]``)."""

@@ -92,15 +92,17 @@ class FactorizedAttention(nn.Module):
     """Factorized attention with CRPE: ``proj(scale * q @ context + crpe(q, v))`` with
     ``context = softmax_over_tokens(k)^T @ v`` per head and ``scale = head_dim^-0.5``.
 
-    ``project`` and ``read`` are the two halves of ``forward``, so that co-scale attention can read
-    contexts made from other scales' keys and values.
+    ``crpe`` is shared by all attentions of one scale (saved once, under its stage). ``project`` and
+    ``read`` are the two halves of ``forward``, so that co-scale attention can read contexts made from
+    other scales' keys and values.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, crpe: ConvRelPosEnc) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.crpe = crpe
         self.proj = nn.Linear(dim, dim)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,15 +110,14 @@ class FactorizedAttention(nn.Module):
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
         return qkv[0], qkv[1], qkv[2]
 
-    def read(self, q: torch.Tensor, v: torch.Tensor, context: torch.Tensor, grid: Grid,
-             crpe: ConvRelPosEnc) -> torch.Tensor:
+    def read(self, q: torch.Tensor, v: torch.Tensor, context: torch.Tensor, grid: Grid) -> torch.Tensor:
         """Queries read ``context`` ``[B, h, d, d]``, plus CRPE of ``v``; -> ``[B, N, C]``."""
-        out = self.scale * (q @ context) + crpe(q, v, grid)  # [B, h, N, d]
+        out = self.scale * (q @ context) + self.crpe(q, v, grid)  # [B, h, N, d]
         return self.proj(out.transpose(1, 2).flatten(2))  # [B, N, C]
 
-    def forward(self, x: torch.Tensor, grid: Grid, crpe: ConvRelPosEnc) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         q, k, v = self.project(x)
-        return self.read(q, v, factorized_context(k, v), grid, crpe)
+        return self.read(q, v, factorized_context(k, v), grid)
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,161 @@
+"""The generic assertions of timm's model tests (timm's tests/test_models.py), run on every variant.
+
+timm runs these on each of its models; timm users' code assumes what they check: forward and
+backward, the default configuration at standard and other sizes, pretrained loading into other
+input channels and classes, TorchScript, FX forward / backward (torchvision's feature extraction),
+forward_intermediates and features_only. Written here from what those tests assert.
+"""
+
+import io
+import math
+
+import pytest
+import torch
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+import coat
+from coat import fast
+
+ALL = coat.list_models()
+BATCH = 2
+SMALL = (64, 96)  # small and not square: rows and columns must not be swapped
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    return a.shape == b.shape and bool((a - b).abs().max() <= rel * b.abs().max() + 1e-6)
+
+
+def _last_node(model: torch.nn.Module) -> str:
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert train_nodes[-1] == eval_nodes[-1]
+    return eval_nodes[-1]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_at_the_default_input_size(name):
+    model = coat.create_model(name).eval()
+    size = model.pretrained_cfg["input_size"]
+    with torch.no_grad():
+        out = model(torch.randn(1, *size))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_backward_reaches_every_parameter(name):
+    model = coat.create_model(name, num_classes=42).train()
+    out = model(torch.randn(BATCH, 3, *SMALL))
+    assert out.shape == (BATCH, 42)
+    out.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert sum(p.numel() for p in model.parameters()) == sum(p.grad.numel() for p in model.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("size", [SMALL, (75, 100), (128, 128)])
+@pytest.mark.parametrize("name", ALL)
+def test_default_cfg_and_non_standard_sizes(name, size):
+    model = coat.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state
+    assert state[cfg["classifier"] + ".weight"].shape[0] == cfg["num_classes"] == model.num_classes
+    assert len(cfg["mean"]) == len(cfg["std"]) == cfg["input_size"][0] == 3
+    x = torch.randn(BATCH, 3, *size)
+    with torch.no_grad():
+        assert model(x).shape == (BATCH, model.num_classes)
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre_logits.shape == (BATCH, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.pretrained_cfg["num_classes"] == 0
+        assert _close(model(x), pre_logits)  # without a classifier the model returns the pre-logits
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pretrained_into_one_channel_and_other_classes(name, official_checkpoint):
+    model = coat.create_model(name, pretrained=official_checkpoint(name), in_chans=1, num_classes=5).eval()
+    assert model.pretrained_cfg["input_size"][0] == 1 and model.num_classes == 5
+    with torch.no_grad():
+        out = model(torch.randn(BATCH, 1, *SMALL))
+    assert out.shape == (BATCH, 5) and torch.isfinite(out).all()
+    features = coat.create_model(name, pretrained=official_checkpoint(name), features_only=True).eval()
+    with torch.no_grad():
+        maps = features(torch.randn(BATCH, 3, *SMALL))
+    assert [m.shape[1] for m in maps] == features.feature_info.channels()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_torchscript(name):
+    model = coat.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)  # a scripted model leaves Python
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(BATCH, 3, *SMALL)
+    with torch.no_grad(), fast.only():
+        expected = model(x)
+    with torch.no_grad():
+        assert _close(scripted(x), expected) and _close(loaded(x), expected)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fx_forward_equals_the_model(name):
+    model = coat.create_model(name).eval()
+    node = _last_node(model)
+    fx_model = create_feature_extractor(model, train_return_nodes=[node], eval_return_nodes=[node]).eval()
+    x = torch.randn(BATCH, 3, *SMALL)
+    with torch.no_grad():
+        out = fx_model(x)[node]
+        with fast.only():  # the traced graph is the reference modules, op for op
+            assert torch.equal(out, model(x))
+        assert _close(out, model(x))  # and close to whatever path the model itself takes
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fx_backward_reaches_every_parameter(name):
+    model = coat.create_model(name, num_classes=42).train()
+    node = _last_node(model)
+    fx_model = create_feature_extractor(model, train_return_nodes=[node], eval_return_nodes=[node]).train()
+    out = fx_model(torch.randn(BATCH, 3, *SMALL))[node]
+    assert out.shape == (BATCH, 42)
+    out.mean().backward()
+    assert all(p.grad is not None for p in fx_model.parameters())
+    assert sum(p.numel() for p in fx_model.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_fx_graph_scripts(name):
+    model = coat.create_model(name).eval()
+    node = _last_node(model)
+    fx_model = create_feature_extractor(model, return_nodes=[node]).eval()
+    scripted = torch.jit.script(fx_model)
+    x = torch.randn(BATCH, 3, *SMALL)
+    with torch.no_grad():
+        assert _close(scripted(x)[node], fx_model(x)[node])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_intermediates_against_feature_info(name):
+    model = coat.create_model(name).eval()
+    channels = [info["num_chs"] for info in model.feature_info]
+    reductions = [info["reduction"] for info in model.feature_info]
+    x = torch.randn(BATCH, 3, *SMALL)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert _close(model.forward_head(final), model(x))
+        for fmt, channel_axis, spatial in (("NCHW", 1, (2, 3)), ("NHWC", 3, (1, 2))):
+            maps = model.forward_intermediates(x, output_fmt=fmt, intermediates_only=True)
+            assert len(maps) == len(channels) >= 3
+            for c, r, m in zip(channels, reductions, maps):
+                assert m.shape[0] == BATCH and m.shape[channel_axis] == c
+                assert [m.shape[a] for a in spatial] == [math.floor(s / r) for s in SMALL]
+                assert torch.isfinite(m).all()
+        for indices in (1, [0, 2], [-1]):
+            some = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+            wanted = coat.models.coat.feature_indices(len(channels), indices)
+            assert [m.shape[1] for m in some] == [channels[i] for i in wanted]
+            early = model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
+            assert all(_close(a, b) for a, b in zip(early, some))
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0]
+        assert not torch.equal(normed, maps[-1].permute(0, 3, 1, 2))  # the head's norm was applied
