@@ -57,20 +57,6 @@ def test_coscale_attention_forward_backward(name):
         assert not torch.allclose(model(x), released(x))
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_forward_intermediates_and_feature_info(name):
-    model = coat.create_model(name, num_classes=0).eval()
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        feats = model.forward_intermediates(x, intermediates_only=True)
-        pooled = model(x)
-    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
-    for feat, info in zip(feats, model.feature_info):
-        r = info["reduction"]
-        assert feat.shape == (1, info["num_chs"], 64 // r, 96 // r)
-    assert pooled.shape == (1, model.num_features)
-
-
 def test_forward_features_then_head_equals_forward():
     for name in ("coat_lite_tiny", "coat_tiny"):
         model = coat.create_model(name, num_classes=10).eval()

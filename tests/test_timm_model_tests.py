@@ -3,7 +3,9 @@
 timm runs these on each of its models; timm users' code assumes what they check: forward and
 backward, the default configuration at standard and other sizes, pretrained loading into other
 input channels and classes, TorchScript, FX forward / backward (torchvision's feature extraction),
-forward_intermediates and features_only. Written here from what those tests assert.
+forward_intermediates and features_only. Written here from what those tests assert. Backward with
+every parameter getting a gradient is in test_models.py (on each speed path), features_only in
+test_timm_contract.py.
 """
 
 import io
@@ -38,18 +40,6 @@ def test_forward_at_the_default_input_size(name):
     with torch.no_grad():
         out = model(torch.randn(1, *size))
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_backward_reaches_every_parameter(name):
-    model = coat.create_model(name, num_classes=42).train()
-    out = model(torch.randn(BATCH, 3, *SMALL))
-    assert out.shape == (BATCH, 42)
-    out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing
-    assert sum(p.numel() for p in model.parameters()) == sum(p.grad.numel() for p in model.parameters())
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize("size", [SMALL, (75, 100), (128, 128)])
