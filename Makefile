@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_resolution.py
+
+# One CUDA device, about 6 minutes: ours vs timm, bf16 inference / latency / training, eager and compiled.
+bench-gpu: $(STAMP)
+	mkdir -p runs && $(PY) benchmarks/gpu.py --json runs/bench-gpu.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

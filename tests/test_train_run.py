@@ -57,7 +57,7 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder)]) == 2
 
 
-def test_progress_bar_shows_running_mean_loss_and_speed_every_step(image_folder, tmp_path, monkeypatch):
+def test_progress_bar_shows_running_mean_loss_and_speed_at_log_intervals(image_folder, tmp_path, monkeypatch):
     import coat.train.loop as loop
 
     bars = []
@@ -73,12 +73,12 @@ def test_progress_bar_shows_running_mean_loss_and_speed_every_step(image_folder,
             super().set_postfix(*args, **kwargs)
 
     monkeypatch.setattr(loop, "tqdm", RecordingBar)
-    out = tmp_path / "run"  # 24 training images in batches of 8: 3 steps an epoch, fewer than --log-interval
+    out = tmp_path / "run"  # 24 training images in batches of 4: 6 steps an epoch, read at steps 1, 3, 5 and 6
     assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "2", *TINY,
-                 "--log-interval", "20"]) == 0
+                 "--batch-size", "4", "--log-interval", "2"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epoch_bars = [bar for bar in bars if bar.postfixes]
-    assert [len(bar.postfixes) for bar in epoch_bars] == [3, 3]
+    assert [len(bar.postfixes) for bar in epoch_bars] == [4, 4]
     for bar, record in zip(epoch_bars, records):
         assert all(float(p["img_s"]) > 0 for p in bar.postfixes)
         assert len({p["loss"] for p in bar.postfixes}) > 1  # it moves within the epoch
@@ -110,6 +110,22 @@ def test_ddp_step_equals_single_process_double_batch(tmp_path):
         assert (ddp[name] - value)[settled].abs().max().item() < 1e-6, name
         moved += not torch.equal(value, before[name])
     assert moved > 100  # the step really changed the weights
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process(image_folder, tmp_path):
+    # 24 images, 4 per process: 3 steps an epoch; rank 1's loss is NaN at step 2, read at step 3 (the epoch's last)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*TINY, "--batch-size", "4", "--epochs", "2", "--data", str(image_folder), "--output", str(tmp_path / "run")]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29518", str(Path(__file__).parent / "ddp_nonfinite_worker.py"),
+                             "train", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    stopped = [line for line in result.stderr.splitlines() if "coat train: error: the loss was not finite" in line]
+    assert len(stopped) == 2, result.stderr[-3000:]  # each process stopped itself; none was left waiting
+    # rank 1's NaN at step 2 reaches both processes' weights through DDP's gradient average: step 3 is NaN on both
+    assert all("not finite in 3 step(s) (over all processes) of epoch 1 up to step 3; every process stopped, "
+               "no checkpoint was written yet" in line for line in stopped), stopped
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -221,7 +237,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path, m
     out = tmp_path / "o"
     assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY]) == 2
     err = capsys.readouterr().err
-    assert "nan at epoch 2, step 2" in err and "last.pt" in err
+    # read at the epoch's last step (3), after which the weights are NaN too
+    assert "not finite in 2 step(s) (over all processes) of epoch 2 up to step 3" in err
+    assert f"the last good checkpoint is {out / 'last.pt'}" in err
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 1
 

@@ -8,6 +8,9 @@ which implementation runs the call; everything else in the model is the referenc
   and Intel Xeon (AVX-512) VMs: eager at batch 1 and 16, compiled at batch 16.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager.
   Measured on the same two: training step and peak memory at batch 16.
+- ``cuda_triton`` (opt-in: not measured yet): CUDA, eager; factorized attention's context from
+  Triton kernels. Used only inside ``only("cuda_triton")`` until a GPU run of ``benchmarks/gpu.py``
+  shows where it pays.
 
 Everything else runs the reference modules: other devices and dtypes, autocast, TorchScript, ONNX
 export, FX, ``torch.export``, ``torch.compile`` of training, any active ``TorchDispatchMode``
@@ -15,10 +18,12 @@ export, FX, ``torch.export``, ``torch.compile`` of training, any active ``TorchD
 parallel blocks (hooks then see the modules run). A fast path never writes into a tensor that the
 caller or a hook can hold; the ops it runs are true ATen ops, which ``torch.profiler`` records.
 
-``only()`` limits the seam to the reference (or to named fast paths), as
+``only()`` limits the seam to the reference (or to named fast paths, opt-in ones included), as
 ``torch.nn.attention.sdpa_kernel`` does for attention kernels::
 
     with coat.fast.only():                 # the reference modules, whatever the device and mode
+        logits = model(images)
+    with coat.fast.only("cuda_triton"):    # the Triton context kernels on CUDA
         logits = model(images)
 """
 
@@ -32,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from . import compiled, cpu_inference, cpu_training
+from . import compiled, cpu_inference, cpu_training, cuda_triton
 
 Tokens = tuple[list[torch.Tensor], list[tuple[int, int]]]
 Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
@@ -40,19 +45,22 @@ Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
 
 @dataclass(frozen=True)
 class FastPath:
-    """A faster implementation of ``forward_tokens`` and where it was measured to pay."""
+    """A faster implementation of ``forward_tokens``, where it applies, and whether it was measured to pay
+    there (unmeasured paths run only where ``only()`` names them)."""
 
     name: str
     applies: Callable[[nn.Module, torch.Tensor], bool]
     run: Implementation
+    measured: bool = True
 
 
 FAST_PATHS = (
     FastPath("cpu_inference", cpu_inference.applies, cpu_inference.tokens),
     FastPath("cpu_training", cpu_training.applies, cpu_training.tokens),
+    FastPath("cuda_triton", cuda_triton.applies, cuda_triton.tokens, measured=False),
 )
 NAMES = tuple(path.name for path in FAST_PATHS)
-_allowed: frozenset[str] = frozenset(NAMES)
+_allowed: frozenset[str] = frozenset(path.name for path in FAST_PATHS if path.measured)
 
 
 def reference(model: nn.Module, x: torch.Tensor) -> Tokens:

@@ -133,6 +133,8 @@ class ClassificationTask:
             raise DataError(f"the training set has {len(train_set)} images, fewer than one global batch of "
                             f"{global_batch}; lower --batch-size")
         sampler = RepeatedAugSampler(len(train_set), info, config.repeated_aug, shuffle=True, seed=config.seed)
+        # Workers start afresh each epoch, seeded from the main process's RNG: that keeps --resume exact (persistent
+        # workers would carry their RNG streams across epochs, which last.pt cannot restore).
         loader_args = {"num_workers": config.workers, "collate_fn": collate_skipping_none,
                        "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
         train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,

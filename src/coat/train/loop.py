@@ -32,7 +32,8 @@ from tqdm import tqdm
 from ..checkpoint import CheckpointError, load_state_into
 from ..data.datasets import DataError
 from .config import RunConfig, to_yaml
-from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, pick_device
+from .distributed import DistInfo, barrier, gather_objects, init_distributed, pick_device
+from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
 from .state import load_training_state, restore_rng, rng_state, save_training_state
@@ -180,8 +181,10 @@ def run(task: Task) -> dict[str, Any]:
         (output / "config.yaml").write_text(to_yaml(config))
 
     train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
-    if config.compile:
-        train_model = torch.compile(train_model)
+    eval_model, eval_ema = model, (ema.module if ema is not None else None)
+    if config.compile:  # training and evaluation: each its own graphs (train/eval mode differ)
+        train_model, eval_model = torch.compile(train_model), torch.compile(model)
+        eval_ema = torch.compile(eval_ema) if eval_ema is not None else None
     autocast = autocast_context(device, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if info.is_main:
@@ -190,47 +193,40 @@ def run(task: Task) -> dict[str, Any]:
     for epoch in range(start_epoch, config.epochs):
         train_loader.sampler.set_epoch(epoch)
         model.train()
-        loss_sum, seen, skipped = torch.zeros((), device=device, dtype=torch.float64), 0, 0
+        losses, skipped = LossMonitor(device), 0
         started = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main,
                    dynamic_ncols=True)
         for step, batch in enumerate(bar):
             skipped += task.skipped_in(batch)
             loss, count = task.batch_loss(train_model, batch, device, autocast)
-            if count == 0:
-                continue
-            if not torch.isfinite(loss):
-                kept = f"the last good checkpoint is {output / 'last.pt'}" if (output / "last.pt").exists() \
-                    else "no checkpoint was written yet"
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, "
-                                    f"{kept}; lower --lr or set --clip-grad")
-            backward_and_step(loss, optimizer, trainable, scaler, config.clip_grad)
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach().double() * count
-            seen += count
-            lr = optimizer.param_groups[0]["lr"]
-            rate = seen * info.world_size / (time.perf_counter() - started)
-            # every step: the epoch's running mean loss (this process) and images/s; drawn at tqdm's own pace
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
-            if step % config.log_interval == 0 or step == steps_per_epoch - 1:
-                log.step(epoch * steps_per_epoch + step, loss.item(), lr)
+            if count > 0:
+                backward_and_step(loss, optimizer, trainable, scaler, config.clip_grad)
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                losses.add(loss, count)
+            if step % config.log_interval == 0 or step == steps_per_epoch - 1:  # the host reads the loss here only
+                reading = _checked(losses.read(info), epoch, step, output)
+                lr = optimizer.param_groups[0]["lr"]
+                rate = reading.samples / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{reading.mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+                if count > 0:
+                    log.step(epoch * steps_per_epoch + step, loss.item(), lr)
         epoch_seconds = time.perf_counter() - started
         bar.close()
-        train_totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device,
-                                                                          dtype=torch.float64)]), info)
+        totals = reading  # read at the epoch's last step
         seconds_training += epoch_seconds
-        images_trained += int(train_totals[1].item())
+        images_trained += totals.samples
 
-        metrics = task.evaluate(model, val_loader, device, info, autocast)
+        metrics = task.evaluate(eval_model, val_loader, device, info, autocast)
         skipped += metrics.pop("skipped", 0)
-        record = {"epoch": epoch + 1, "train_loss": train_totals[0].item() / max(1.0, train_totals[1].item()),
+        record = {"epoch": epoch + 1, "train_loss": totals.mean_loss,
                   **{f"val_{k}": v for k, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": epoch_seconds, "images_per_second": train_totals[1].item() / epoch_seconds}
+                  "epoch_seconds": epoch_seconds, "images_per_second": totals.samples / epoch_seconds}
         candidates = [(metrics[task.score], model)]
         if ema is not None:
-            ema_metrics = task.evaluate(ema.module, val_loader, device, info, autocast)
+            ema_metrics = task.evaluate(eval_ema, val_loader, device, info, autocast)
             ema_metrics.pop("skipped", 0)
             record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
             candidates.append((ema_metrics[task.score], ema.module))
@@ -271,6 +267,17 @@ def run(task: Task) -> dict[str, Any]:
         (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.close()
     return summary
+
+
+def _checked(reading: LossReading, epoch: int, step: int, output: Path) -> LossReading:
+    """``reading``, or TrainingError if a loss was not finite (every process raises at the same step)."""
+    if reading.non_finite:
+        kept = f"the last good checkpoint is {output / 'last.pt'}" if (output / "last.pt").exists() \
+            else "no checkpoint was written yet"
+        raise TrainingError(f"the loss was not finite in {reading.non_finite} step(s) (over all processes) of epoch "
+                            f"{epoch + 1} up to step {step + 1}; every process stopped, {kept}; lower --lr or set "
+                            "--clip-grad")
+    return reading
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, plot_panels: dict[str, list[str]]) -> str:
