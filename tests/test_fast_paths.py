@@ -173,6 +173,16 @@ def test_compiled_model_reproduces_the_fixture_logits(variant, path, official_ch
     assert (logits - expected["logits"]).abs().max().item() < TOL
 
 
+def test_bf16_training_captures_as_one_graph():
+    """What trains on GPUs (bf16 autocast: the reference modules) compiles with fullgraph=True, forward and
+    backward; AOTAutograd's capture without code generation checks that on CPU (coat_tiny: every module kind)."""
+    model = coat.create_model("coat_tiny", num_classes=10).train()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(x).float().square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_tiled_mlp_backward_is_exact():
     from coat.fast.tiled_mlp import NormMlpFunction
 
