@@ -1,5 +1,6 @@
-"""CUDA: the reference modules, except that factorized attention's context comes from the Triton kernels
-of ``triton_context`` (one pass over k and v forward, no softmax kept for backward).
+"""CUDA: the reference modules, except factorized attention, whose context and read (with CRPE's product and
+the heads merged into channels) are the Triton kernels of ``triton_attention``; CRPE's depthwise convs stay
+cuDNN's.
 
 Opt-in (``coat.fast.only("cuda_triton")``) until ``benchmarks/gpu.py`` measures it against the reference
 on a GPU: no GPU has run it yet. On CPU it runs under ``TRITON_INTERPRET=1`` only (the tests call
@@ -23,11 +24,12 @@ def applies(model: nn.Module, x: torch.Tensor) -> bool:
 
 def tokens(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
     """``forward_tokens`` of ``model`` for ``x``."""
-    from .triton_context import factorized_context  # imports Triton only when the path runs
+    from .triton_attention import factorized_context, factorized_read  # imports Triton only when the path runs
 
     def attention(attn: FactorizedAttention, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        q, k, v = attn.project(x)
-        return attn.read(q, v, factorized_context(k, v), grid)
+        q, k, v = attn.project(x)  # [B, h, N, d] views of one projection
+        encoded = attn.crpe.encode_values(v, grid)  # [B, h, H*W, d]
+        return attn.proj(factorized_read(q, factorized_context(k, v), encoded, attn.scale))  # [B, N, C]
 
     def stage(stage: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Grid]:
         x, grid = stage.embed(images)  # [B, 1+H*W, C]

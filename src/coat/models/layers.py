@@ -74,13 +74,16 @@ class ConvRelPosEnc(nn.Module):
             for window, ch in zip(windows, self.channel_splits)
         )
 
-    def forward(self, q: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """``q``, ``v``: ``[B, h, N, d]`` -> ``[B, h, N, d]``."""
+    def encode_values(self, v: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """The depthwise convs of the values' image tokens: ``[B, h, N, d]`` -> ``[B, h, H*W, d]``."""
         v_image = v[:, :, 1:].transpose(2, 3).flatten(1, 2).unflatten(2, grid)  # [B, C, H, W]
         groups = v_image.split(self.channel_splits, dim=1)
         encoded = torch.cat([conv(groups[i]) for i, conv in enumerate(self.convs)], dim=1)  # [B, C, H, W]
-        encoded = encoded.flatten(2).unflatten(1, (v.shape[1], -1)).transpose(2, 3)  # [B, h, H*W, d]
-        return F.pad(q[:, :, 1:] * encoded, (0, 0, 1, 0))  # CLS row of zeros in front: [B, h, N, d]
+        return encoded.flatten(2).unflatten(1, (v.shape[1], -1)).transpose(2, 3)  # [B, h, H*W, d]
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """``q``, ``v``: ``[B, h, N, d]`` -> ``[B, h, N, d]``."""
+        return F.pad(q[:, :, 1:] * self.encode_values(v, grid), (0, 0, 1, 0))  # CLS row of zeros in front
 
 
 def factorized_context(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

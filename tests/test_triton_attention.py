@@ -1,4 +1,4 @@
-"""The Triton context kernels against the reference math, values and gradients: on a CUDA device where there
+"""The Triton attention kernels against the reference math, values and gradients: on a CUDA device where there
 is one, else on CPU through Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 before Triton loads)."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("triton")  # comes with PyTorch's Linux wheels; absent on some platforms
 
-from coat.fast import triton_context  # noqa: E402
+from coat.fast import triton_attention  # noqa: E402
 from coat.models.layers import factorized_context  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,7 +22,7 @@ def qkv_views(batch: int, heads: int, tokens: int, dim: int, dtype: torch.dtype)
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="compiled for the GPU there")
 def test_the_kernels_run_in_the_interpreter():
-    assert "Interpreted" in type(triton_context._forward_kernel).__name__
+    assert "Interpreted" in type(triton_attention._forward_kernel).__name__
 
 
 @pytest.mark.parametrize("tokens,dim", [(1 + 6 * 6, 8), (1 + 9 * 11, 19), (1 + 8 * 8, 40), (5, 64)])
@@ -32,7 +32,7 @@ def test_values_and_gradients_equal_the_reference(tokens, dim):
     expected = factorized_context(k, v)
     (expected * upstream).sum().backward()
     expected_grad, qkv.grad = qkv.grad, None
-    context = triton_context.factorized_context(k, v)
+    context = triton_attention.factorized_context(k, v)
     (context * upstream).sum().backward()
     assert context.dtype == torch.float32
     assert (context - expected).abs().max() <= 1e-5 * expected.abs().max()
@@ -41,7 +41,7 @@ def test_values_and_gradients_equal_the_reference(tokens, dim):
 
 def test_bfloat16_inputs_are_computed_in_float32():
     qkv, k, v = qkv_views(2, 2, 1 + 7 * 7, 16, torch.bfloat16)
-    context = triton_context.factorized_context(k, v)
+    context = triton_attention.factorized_context(k, v)
     expected = factorized_context(k.float(), v.float())
     assert context.dtype == torch.bfloat16
     assert (context.float() - expected).abs().max() <= 1e-2 * expected.abs().max()
@@ -53,9 +53,37 @@ def test_large_logits_do_not_overflow():
     qkv, k, v = qkv_views(1, 1, 100, 8, torch.float32)
     with torch.no_grad():
         k.mul_(300.0)  # exp(600) overflows float32 unless the maxima are subtracted
-    context = triton_context.factorized_context(k, v)
+    context = triton_attention.factorized_context(k, v)
     assert torch.isfinite(context).all()
     assert (context - factorized_context(k, v)).abs().max() <= 1e-5 * context.abs().max()
+
+
+def reference_read(q, context, encoded, scale):
+    """FactorizedAttention.read's math before the projection, heads merged: [B, N, C]."""
+    out = scale * (q @ context) + torch.nn.functional.pad(q[:, :, 1:] * encoded, (0, 0, 1, 0))
+    return out.transpose(1, 2).flatten(2)
+
+
+@pytest.mark.parametrize("channels_last_conv", [True, False])
+@pytest.mark.parametrize("tokens,dim", [(1 + 6 * 6, 8), (1 + 9 * 11, 19), (1 + 8 * 8, 40), (2, 16)])
+def test_read_values_and_gradients_equal_the_reference(tokens, dim, channels_last_conv):
+    qkv, _, _ = qkv_views(2, 3, tokens, dim, torch.float32)
+    q = qkv.permute(2, 0, 3, 1, 4)[0]
+    context = torch.randn(2, 3, dim, dim, device=DEVICE, requires_grad=True)
+    # CRPE's conv output viewed as [B, h, H*W, d]: channel-contiguous (channels-last conv) or token-contiguous
+    image = (torch.randn(2, tokens - 1, 3, dim, device=DEVICE).permute(0, 2, 1, 3) if channels_last_conv else
+             torch.randn(2, 3, dim, tokens - 1, device=DEVICE).transpose(2, 3))
+    encoded = image.detach().requires_grad_()
+    upstream = torch.randn(2, tokens, 3 * dim, device=DEVICE)
+    leaves = (qkv, context, encoded)
+    expected = reference_read(q, context, encoded, 0.3)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), leaves)
+    out = triton_attention.factorized_read(q, context, encoded, 0.3)
+    grads = torch.autograd.grad((out * upstream).sum(), leaves)
+    assert out.shape == (2, tokens, 3 * dim) and out.is_contiguous()
+    assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert (grad - expected_grad).abs().max() <= 1e-5 * expected_grad.abs().max()
 
 
 def path_logits(model, x):

@@ -1,6 +1,7 @@
-"""Factorized attention's context ``softmax_over_tokens(k)^T @ v`` as Triton kernels (CUDA; CPU under
-``TRITON_INTERPRET=1``, which the tests use).
+"""Factorized attention as Triton kernels (CUDA; CPU under ``TRITON_INTERPRET=1``, which the tests use):
+the context ``softmax_over_tokens(k)^T @ v`` and the read ``scale * q @ context + CRPE``.
 
+Context.
 The reference (``models.layers.factorized_context``) writes the softmax of k to memory, reads it back
 for the product and keeps it for backward: three passes over ``[B, h, N, d]`` tensors and one more
 saved. Here the forward reads k and v once, with an online softmax over token blocks (running
@@ -10,8 +11,16 @@ over tokens: with ``P = softmax(k)`` and ``C = P^T v``,
 
     dV = P dC,    dP = v dC^T,    dK = P * (dP - rowsum(C * dC))   (the last per column of P)
 
-since ``sum_n P[n, i] dP[n, i] = sum_j C[i, j] dC[i, j]``. Arithmetic is float32 whatever the
-input dtype; k and v may be strided views of the qkv projection (no copies).
+since ``sum_n P[n, i] dP[n, i] = sum_j C[i, j] dC[i, j]``.
+
+Read. The reference computes ``q @ context``, scales it, multiplies q by CRPE's convolved values,
+pads a CLS row of zeros in front, adds, and transposes the heads back into channels: six passes over
+``[B, h, N, d]`` tensors. The read kernel does it in one, writing ``[B, N, C]`` straight into the
+layout the output projection reads; its backward makes dq, d(encoded values) and d(context) in one
+pass. The depthwise convs of CRPE stay cuDNN's (``ConvRelPosEnc.encode_values``).
+
+Arithmetic is float32 whatever the input dtype; q, k, v and the encoded values may be strided views
+(of the qkv projection, of the conv's output): nothing is copied to call the kernels.
 """
 
 from __future__ import annotations
@@ -96,6 +105,65 @@ def _backward_kernel(k_ptr, v_ptr, context_ptr, grad_ptr, col_max_ptr, col_sum_p
     tl.store(dv_ptr + out, dv, mask=mask)
 
 
+@triton.jit
+def _read_kernel(q_ptr, context_ptr, enc_ptr, out_ptr, heads, tokens, dim, scale,
+                 q_sb, q_sh, q_sn, e_sb, e_sh, e_sn, e_sd,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+    pid = tl.program_id(0)  # one (batch, head)
+    b, h = pid // heads, pid % heads
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < dim
+    square_ok = col_ok[:, None] & col_ok[None, :]
+    context = tl.load(context_ptr + pid * dim * dim + cols[:, None] * dim + cols[None, :], mask=square_ok,
+                      other=0.0).to(tl.float32)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < tokens)[:, None] & col_ok[None, :]
+    image = mask & (rows >= 1)[:, None]  # CRPE is zero at the CLS row
+    q = tl.load(q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_sn + cols[None, :], mask=mask, other=0.0)
+    q = q.to(tl.float32)
+    enc = tl.load(enc_ptr + b * e_sb + h * e_sh + (rows[:, None] - 1) * e_sn + cols[None, :] * e_sd, mask=image,
+                  other=0.0).to(tl.float32)
+    if IEEE:
+        read = tl.dot(q, context, input_precision="ieee")
+    else:
+        read = tl.dot(q, context)
+    out = scale * read + q * enc
+    tl.store(out_ptr + (b * tokens + rows[:, None]) * heads * dim + h * dim + cols[None, :], out, mask=mask)
+
+
+@triton.jit
+def _read_backward_kernel(q_ptr, context_ptr, enc_ptr, grad_ptr, dq_ptr, dcontext_ptr, denc_ptr,
+                          heads, tokens, dim, scale, q_sb, q_sh, q_sn, e_sb, e_sh, e_sn, e_sd,
+                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+    pid = tl.program_id(0)  # one (batch, head): d(context) sums over all its tokens
+    b, h = pid // heads, pid % heads
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < dim
+    square = pid * dim * dim + cols[:, None] * dim + cols[None, :]
+    square_ok = col_ok[:, None] & col_ok[None, :]
+    context = tl.load(context_ptr + square, mask=square_ok, other=0.0).to(tl.float32)
+    dcontext = tl.zeros([BLOCK_D, BLOCK_D], tl.float32)
+    for start in range(0, tokens, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        mask = (rows < tokens)[:, None] & col_ok[None, :]
+        image = mask & (rows >= 1)[:, None]
+        q = tl.load(q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_sn + cols[None, :], mask=mask, other=0.0)
+        q = q.to(tl.float32)
+        enc = tl.load(enc_ptr + b * e_sb + h * e_sh + (rows[:, None] - 1) * e_sn + cols[None, :] * e_sd,
+                      mask=image, other=0.0).to(tl.float32)
+        grad = tl.load(grad_ptr + (b * tokens + rows[:, None]) * heads * dim + h * dim + cols[None, :], mask=mask,
+                       other=0.0).to(tl.float32)  # d(out) of this head [BLOCK_N, d]
+        if IEEE:
+            dq = scale * tl.dot(grad, tl.trans(context), input_precision="ieee") + grad * enc
+            dcontext += scale * tl.dot(tl.trans(q), grad, input_precision="ieee")
+        else:
+            dq = scale * tl.dot(grad, tl.trans(context)) + grad * enc
+            dcontext += scale * tl.dot(tl.trans(q), grad)
+        tl.store(dq_ptr + (pid * tokens + rows[:, None]) * dim + cols[None, :], dq, mask=mask)
+        tl.store(denc_ptr + (pid * (tokens - 1) + rows[:, None] - 1) * dim + cols[None, :], grad * q, mask=image)
+    tl.store(dcontext_ptr + square, dcontext, mask=square_ok)
+
+
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     if x.stride(3) != 1:
         raise ValueError("the context kernels read [B, h, N, d] tensors whose last dimension is contiguous")
@@ -130,6 +198,43 @@ class FactorizedContext(torch.autograd.Function):
         return dk, dv
 
 
+class FactorizedRead(torch.autograd.Function):
+    """``scale * q @ context + pad(q[:, :, 1:] * encoded)`` with the heads merged: ``q`` ``[B, h, N, d]``,
+    ``context`` ``[B, h, d, d]``, ``encoded`` (CRPE's convolved values) ``[B, h, N-1, d]`` -> ``[B, N, h*d]``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, q: torch.Tensor, context: torch.Tensor,
+                encoded: torch.Tensor, scale: float) -> torch.Tensor:
+        batch, heads, tokens, dim = q.shape
+        context = context.contiguous()
+        out = torch.empty(batch, tokens, heads * dim, device=q.device, dtype=q.dtype)
+        grid = (batch * heads, triton.cdiv(tokens, BLOCK_TOKENS))
+        _read_kernel[grid](q, context, encoded, out, heads, tokens, dim, scale, *_strides(q), *encoded.stride(),
+                           BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim), IEEE=q.dtype == torch.float32)
+        ctx.save_for_backward(q, context, encoded)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, context, encoded = ctx.saved_tensors
+        batch, heads, tokens, dim = q.shape
+        dq = torch.empty(batch, heads, tokens, dim, device=q.device, dtype=q.dtype)
+        dcontext = torch.empty(batch, heads, dim, dim, device=q.device, dtype=torch.float32)
+        dencoded = torch.empty(batch, heads, tokens - 1, dim, device=q.device, dtype=encoded.dtype)
+        _read_backward_kernel[(batch * heads,)](
+            q, context, encoded, grad.contiguous(), dq, dcontext, dencoded, heads, tokens, dim, ctx.scale,
+            *_strides(q), *encoded.stride(), BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim),
+            IEEE=q.dtype == torch.float32)
+        return dq, dcontext.to(context.dtype), dencoded, None
+
+
 def factorized_context(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``models.layers.factorized_context`` by the Triton kernels."""
     return FactorizedContext.apply(k, v)
+
+
+def factorized_read(q: torch.Tensor, context: torch.Tensor, encoded: torch.Tensor, scale: float) -> torch.Tensor:
+    """``FactorizedAttention.read`` before its output projection, heads merged: -> ``[B, N, C]``."""
+    return FactorizedRead.apply(q, context, encoded, scale)
