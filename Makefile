@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_resolution.py
+	$(PY) benchmarks/bench_op_count.py --all
 
 # One CUDA device, about 6 minutes: ours vs timm, bf16 inference / latency / training, eager and compiled.
 bench-gpu: $(STAMP)
