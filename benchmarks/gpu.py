@@ -5,11 +5,12 @@
 
 Per model, after checking that both give the same logits under bf16 autocast: bf16 inference at
 batch 256 and at batch 1 (latency), the bf16 training step (forward, backward, fused AdamW) at
-batch 128 with its peak memory, each eager and under ``torch.compile``; the eager cases also for
-ours with the opt-in ``cuda_triton`` path (on CPU it never applies: the reference runs); and the
-AdamW step alone, fused against foreach (which ``coat train`` should use on this device). Compiled cases stop once
-``--budget-s`` has passed (marked "skipped"), so the whole run fits a short device lease. Prints a
-markdown table; ``--json`` writes every figure with the card and versions.
+batch 128 with its peak memory, each eager and under ``torch.compile`` (batch 1 with CUDA graphs:
+``mode="reduce-overhead"``); the eager cases also for ours with the opt-in ``cuda_triton`` path (on
+CPU it never applies: the reference runs); and the AdamW step alone, fused against foreach (which
+``coat train`` should use on this device). Compiled cases stop once ``--budget-s`` has passed
+(marked "skipped"), so the whole run fits a short device lease. Prints a markdown table; ``--json``
+writes every figure with the card and versions.
 """
 
 from __future__ import annotations
@@ -140,16 +141,24 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
     def eager(make: Callable[[nn.Module], Callable[[], object]]) -> dict[str, Callable[[], object]]:
         return {"ours": make(ours), "timm": make(peer), "triton": with_triton(make(ours))}
 
-    compiled = {"ours": torch.compile(ours, backend=setting.compile_backend),
-                "timm": torch.compile(peer, backend=setting.compile_backend)}
+    def compiled(case: str, make: Callable[[nn.Module], Callable[[], object]], batch: int, repeats: int,
+                 cuda_graphs: bool = False) -> None:
+        """Both models under ``torch.compile`` (with CUDA graphs: mode="reduce-overhead"), within the budget."""
+        if name not in setting.compile_models or time.perf_counter() > compile_until:
+            row.figures[case] = {"ours": None, "timm": None}
+            return
+        if setting.compile_backend != "inductor":
+            options = {"backend": setting.compile_backend}
+        else:
+            options = {"mode": "reduce-overhead"} if cuda_graphs else {}
+        timed(case, {"ours": make(torch.compile(ours, **options)), "timm": make(torch.compile(peer, **options))},
+              batch, repeats)
+
     one = x[:1]
     timed("inference", eager(lambda m: inference_fn(m, x)), setting.inference_batch, setting.repeats)
     timed("latency", eager(lambda m: inference_fn(m, one)), 1, setting.latency_repeats)
-    if name in setting.compile_models and time.perf_counter() < compile_until:
-        timed("inference compiled", {k: inference_fn(m, x) for k, m in compiled.items()},
-              setting.inference_batch, setting.repeats)
-    else:
-        row.figures["inference compiled"] = {"ours": None, "timm": None}
+    compiled("inference compiled", lambda m: inference_fn(m, x), setting.inference_batch, setting.repeats)
+    compiled("latency CUDA graphs", lambda m: inference_fn(m, one), 1, setting.latency_repeats, cuda_graphs=True)
 
     xt = torch.randn(setting.train_batch, 3, setting.size, setting.size, device=device)
     y = torch.randint(0, 1000, (setting.train_batch,), device=device)
@@ -157,11 +166,7 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
     steps = eager(lambda m: train_step_fn(m, xt, y))
     timed("training", steps, setting.train_batch, setting.repeats)
     row.figures["training peak MiB"] = {key: peak_mib(step, device) for key, step in steps.items()}
-    if name in setting.compile_models and time.perf_counter() < compile_until:
-        timed("training compiled", {k: train_step_fn(m, xt, y) for k, m in compiled.items()},
-              setting.train_batch, setting.repeats)
-    else:
-        row.figures["training compiled"] = {"ours": None, "timm": None}
+    compiled("training compiled", lambda m: train_step_fn(m, xt, y), setting.train_batch, setting.repeats)
     t = interleaved({"fused": adamw_step_fn(ours, True), "foreach": adamw_step_fn(ours, False)}, 1,
                     warmup=2, repeats=setting.repeats, sync=sync)
     row.figures["AdamW step (ours)"] = {"fused": 1000 * t["fused"].median, "foreach": 1000 * t["foreach"].median}
@@ -185,7 +190,8 @@ def markdown(rows: list[Row], setting: Setting, env: dict[str, Any]) -> str:
         return text if triton is None else f"{text}; triton {timm / triton:.2f}x"
 
     cases = {"inference": f"bf16 inference b{setting.inference_batch} ms", "inference compiled": "compiled",
-             "latency": "b1 latency ms", "training": f"bf16 train step b{setting.train_batch} ms",
+             "latency": "b1 latency ms", "latency CUDA graphs": "compiled, CUDA graphs",
+             "training": f"bf16 train step b{setting.train_batch} ms",
              "training compiled": "compiled", "training peak MiB": "train peak MiB"}
     header = ["model", *cases.values(), "AdamW fused / foreach ms", "max logit diff"]
     lines = [f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, timm {env['timm']}, {env['date']}; "

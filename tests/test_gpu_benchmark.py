@@ -24,7 +24,7 @@ def test_quick_run_measures_every_case_and_writes_json(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     rows = gpu.main(["--quick", "--json", str(out)])
     assert [row.model for row in rows] == ["coat_lite_tiny", "coat_tiny"]
-    compiled = {"inference compiled", "training compiled"}
+    compiled = {"inference compiled", "latency CUDA graphs", "training compiled"}
     for row in rows:
         assert row.max_logit_diff < 0.1
         for case, figures in row.figures.items():
