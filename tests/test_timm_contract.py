@@ -145,3 +145,23 @@ def test_detection_backbone_leaves_the_given_model_alone():
     assert all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert "body.head_norms.0.weight" not in backbone.state_dict() and "body.head.weight" not in backbone.state_dict()
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_layer_groups_for_timms_layer_decay(name):
+    from timm.models._manipulate import group_parameters
+    from timm.optim import create_optimizer_v2
+
+    model = coat.create_model(name)
+    assert model.get_classifier() is model.head
+    names = [n for n, _ in model.named_parameters()]
+    blocks, parallel = sum(model.config.serial_depths), model.config.parallel_depth
+    # stage 1's embedding; per block (each later stage's embedding too) or per stage; the parallel blocks
+    for coarse, count in ((False, 1 + blocks + 3 + parallel), (True, 1 + 4 + parallel)):
+        groups = list(group_parameters(model, model.group_matcher(coarse=coarse)).values())
+        assert sorted(n for group in groups for n in group) == sorted(names)  # every parameter, once
+        assert "stages.0.patch_embed.proj.weight" in groups[0] and groups[-1] == ["head.weight", "head.bias"]
+        assert len(groups) == count + 1  # + the classifier; the head's norms join the last block's group
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, layer_decay=0.75)
+    scales = {p: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert scales[model.head.weight] == 1.0 and scales[model.stages[0].patch_embed.proj.weight] < 0.1

@@ -205,6 +205,19 @@ class CoaT(nn.Module):
     def default_cfg(self) -> dict:
         return self.pretrained_cfg
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, object]:
+        """timm's layer groups (for layer-wise lr decay), input to output: stage 1's embedding, then each stage's
+        embedding and blocks (one group per block, or per stage with ``coarse``), the parallel blocks, the head's
+        norms and aggregation; the classifier (unmatched) comes last."""
+        stage_parts = r"(?:cls_token|patch_embed|cpe|crpe)"
+        blocks = [(r"^stages\.(\d+)", None)] if coarse else [
+            (rf"^stages\.(\d+)\.{stage_parts}", (-1,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        return {"stem": rf"^stages\.0\.{stage_parts}", "blocks": blocks,
+                "parallel_blocks": [(r"^parallel_blocks\.(\d+)", None), (r"^head_norms|^aggregate", (99999,))]}
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
         self.head = self._make_head(num_classes)
