@@ -94,12 +94,13 @@ def test_fx_forward_equals_the_model(name):
     model = coat.create_model(name).eval()
     node = _last_node(model)
     fx_model = create_feature_extractor(model, train_return_nodes=[node], eval_return_nodes=[node]).eval()
-    x = torch.randn(BATCH, 3, *SMALL)
-    with torch.no_grad():
-        out = fx_model(x)[node]
-        with fast.only():  # the traced graph is the reference modules, op for op
-            assert torch.equal(out, model(x))
-        assert _close(out, model(x))  # and close to whatever path the model itself takes
+    for size in (SMALL, (96, 67)):  # one graph for every size: grids are read from the shapes at run time
+        x = torch.randn(BATCH, 3, *size)
+        with torch.no_grad():
+            out = fx_model(x)[node]
+            with fast.only():  # the traced graph is the reference modules, op for op
+                assert torch.equal(out, model(x))
+            assert _close(out, model(x))  # and close to whatever path the model itself takes
 
 
 @pytest.mark.parametrize("name", ALL)
