@@ -174,12 +174,12 @@ def test_compiled_model_reproduces_the_fixture_logits(variant, path, official_ch
 
 
 def test_bf16_training_captures_as_one_graph():
-    """What trains on GPUs (bf16 autocast: the reference modules) compiles with fullgraph=True, forward and
-    backward; AOTAutograd's capture without code generation checks that on CPU (coat_tiny: every module kind)."""
+    """What trains on GPUs (bf16 autocast: the reference modules) is captured by dynamo with fullgraph=True
+    (no graph break); checked on CPU without code generation (coat_tiny: every module kind)."""
     model = coat.create_model("coat_tiny", num_classes=10).train()
     x = torch.randn(2, 3, 64, 96)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.compile(model, fullgraph=True, backend="aot_eager")(x).float().square().mean().backward()
+        torch.compile(model, fullgraph=True, backend="eager")(x).float().square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
 
 

@@ -99,7 +99,7 @@ def test_the_cuda_triton_path_equals_the_reference_values_and_gradients(name):
     import coat
 
     model = coat.create_model(name, num_classes=10).to(DEVICE).train()
-    x = torch.randn(2, 3, 64, 96, device=DEVICE)
+    x = torch.randn(2, 3, 32, 64, device=DEVICE)  # stage 1: 1 + 8 * 16 tokens, across two token blocks
     expected = model.forward_head(model.head_features(model.reference_tokens(x)[0]))
     expected.square().sum().backward()
     expected_grads = {n: p.grad for n, p in model.named_parameters()}
@@ -112,7 +112,7 @@ def test_the_cuda_triton_path_equals_the_reference_values_and_gradients(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["coat_lite_tiny", "coat_tiny"])
+@pytest.mark.parametrize("variant", ["coat_tiny"])  # serial and parallel blocks: every kernel call site
 def test_the_cuda_triton_path_reproduces_the_fixtures(variant, official_checkpoint):
     import coat
     from fixture_weights import FIXTURES
