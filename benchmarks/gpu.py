@@ -60,6 +60,7 @@ class Row:
     max_logit_diff: float
     # case -> {"ours", "timm"} (eager cases also "triton": ours with the opt-in cuda_triton path)
     figures: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    triton_error: str | None = None  # why the cuda_triton path could not run (then it is left out)
 
 
 def bf16(device: str) -> torch.autocast:
@@ -139,7 +140,17 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
         row.figures[case] = {key: 1000 * t[key].median for key in fns}
 
     def eager(make: Callable[[nn.Module], Callable[[], object]]) -> dict[str, Callable[[], object]]:
-        return {"ours": make(ours), "timm": make(peer), "triton": with_triton(make(ours))}
+        fns = {"ours": make(ours), "timm": make(peer)}
+        if row.triton_error is None:
+            triton = with_triton(make(ours))
+            try:
+                triton()
+                sync()
+            except Exception as err:  # a kernel that fails on this card must not cost the rest of a short lease
+                row.triton_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+            else:
+                fns["triton"] = triton
+        return fns
 
     def compiled(case: str, make: Callable[[nn.Module], Callable[[], object]], batch: int, repeats: int,
                  cuda_graphs: bool = False) -> None:
@@ -203,6 +214,7 @@ def markdown(rows: list[Row], setting: Setting, env: dict[str, Any]) -> str:
         cells = [row.model, *(cell(row.figures[c]) for c in cases),
                  f"{adamw['fused']:.2f} / {adamw['foreach']:.2f}", f"{row.max_logit_diff:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"\n{row.model}: the cuda_triton path failed ({row.triton_error})" for row in rows if row.triton_error]
     return "\n".join(lines)
 
 

@@ -43,3 +43,21 @@ def test_without_cuda_the_full_run_says_how_to_check_the_script(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu.main([])
     assert exit_info.value.code == 2 and "--quick" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failing_triton_path_is_reported_and_the_run_goes_on(monkeypatch, capsys):
+    gpu = load_script()
+
+    def broken(fn):
+        def run():
+            raise RuntimeError("PTX compilation failed\ndetails")
+
+        return run
+
+    monkeypatch.setattr(gpu, "with_triton", broken)
+    [row] = gpu.main(["--quick", "--models", "coat_tiny"])
+    assert row.triton_error == "RuntimeError: PTX compilation failed"
+    assert all("triton" not in figures for figures in row.figures.values())
+    assert row.figures["training"]["ours"] > 0
+    assert "coat_tiny: the cuda_triton path failed (RuntimeError: PTX compilation failed)" in capsys.readouterr().out
