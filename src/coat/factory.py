@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_checkpoint
 from .data.preprocessing import Preprocessing
-from .models.coat import CoaT
+from .models.coat import FIRST_CONV, CoaT
 from .models.config import VARIANTS, CoaTConfig
 from .models.features import CoaTFeatures
 from .weights import Weights, get_weights
@@ -97,12 +97,10 @@ def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -
             logger.info("dropped the %d-class classifier of %s (num_classes=0)", checkpoint.num_classes, name)
     for note in checkpoint.notes:
         logger.debug("%s: %s", source, note)
-    if FIRST_CONV in state:  # weights for RGB into a model for other inputs (in_chans=1, say)
-        state[FIRST_CONV] = adapt_input_conv(state[FIRST_CONV], model.config.in_chans, name)
+    first_conv = f"{FIRST_CONV}.weight"
+    if first_conv in state:  # weights for RGB into a model for other inputs (in_chans=1, say)
+        state[first_conv] = adapt_input_conv(state[first_conv], model.config.in_chans, name)
     load_state_into(model, state, source=f"{source} ({checkpoint.source_format} format)")
-
-
-FIRST_CONV = "stages.0.patch_embed.proj.weight"
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int, name: str = "model") -> torch.Tensor:

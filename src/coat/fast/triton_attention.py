@@ -39,7 +39,7 @@ def _block_dim(d: int) -> int:
 @triton.jit
 def _forward_kernel(k_ptr, v_ptr, context_ptr, col_max_ptr, col_sum_ptr, heads, tokens, dim,
                     k_sb, k_sh, k_sn, v_sb, v_sh, v_sn,
-                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # one (batch, head)
     b, h = pid // heads, pid % heads
     cols = tl.arange(0, BLOCK_D)
@@ -58,11 +58,7 @@ def _forward_kernel(k_ptr, v_ptr, context_ptr, col_max_ptr, col_sum_ptr, heads, 
         rescale = tl.exp(col_max - new_max)
         p = tl.exp(k - new_max[None, :])  # [BLOCK_N, BLOCK_D]
         col_sum = col_sum * rescale + tl.sum(p, axis=0)
-        if IEEE:
-            update = tl.dot(tl.trans(p), v.to(tl.float32), input_precision="ieee")
-        else:
-            update = tl.dot(tl.trans(p), v.to(tl.float32))
-        acc = acc * rescale[:, None] + update
+        acc = acc * rescale[:, None] + tl.dot(tl.trans(p), v.to(tl.float32), input_precision=PRECISION)
         col_max = new_max
     acc = acc / col_sum[:, None]
     out = context_ptr + pid * dim * dim + cols[:, None] * dim + cols[None, :]
@@ -74,7 +70,7 @@ def _forward_kernel(k_ptr, v_ptr, context_ptr, col_max_ptr, col_sum_ptr, heads, 
 @triton.jit
 def _backward_kernel(k_ptr, v_ptr, context_ptr, grad_ptr, col_max_ptr, col_sum_ptr, dk_ptr, dv_ptr,
                      heads, tokens, dim, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # one (batch, head)
     b, h = pid // heads, pid % heads
     cols = tl.arange(0, BLOCK_D)
@@ -93,12 +89,8 @@ def _backward_kernel(k_ptr, v_ptr, context_ptr, grad_ptr, col_max_ptr, col_sum_p
     v = tl.load(v_ptr + b * v_sb + h * v_sh + rows[:, None] * v_sn + cols[None, :], mask=mask, other=0.0)
     p = tl.exp(k.to(tl.float32) - col_max[None, :]) / col_sum[None, :]
     p = tl.where(mask, p, 0.0)
-    if IEEE:
-        dv = tl.dot(p, grad, input_precision="ieee")  # [BLOCK_N, d_v]
-        dp = tl.dot(v.to(tl.float32), tl.trans(grad), input_precision="ieee")  # [BLOCK_N, d_k]
-    else:
-        dv = tl.dot(p, grad)
-        dp = tl.dot(v.to(tl.float32), tl.trans(grad))
+    dv = tl.dot(p, grad, input_precision=PRECISION)  # [BLOCK_N, d_v]
+    dp = tl.dot(v.to(tl.float32), tl.trans(grad), input_precision=PRECISION)  # [BLOCK_N, d_k]
     dk = p * (dp - delta[None, :])
     out = pid * tokens * dim + rows[:, None] * dim + cols[None, :]
     tl.store(dk_ptr + out, dk, mask=mask)
@@ -108,7 +100,7 @@ def _backward_kernel(k_ptr, v_ptr, context_ptr, grad_ptr, col_max_ptr, col_sum_p
 @triton.jit
 def _read_kernel(q_ptr, context_ptr, enc_ptr, out_ptr, heads, tokens, dim, scale,
                  q_sb, q_sh, q_sn, e_sb, e_sh, e_sn, e_sd,
-                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # one (batch, head)
     b, h = pid // heads, pid % heads
     cols = tl.arange(0, BLOCK_D)
@@ -123,18 +115,14 @@ def _read_kernel(q_ptr, context_ptr, enc_ptr, out_ptr, heads, tokens, dim, scale
     q = q.to(tl.float32)
     enc = tl.load(enc_ptr + b * e_sb + h * e_sh + (rows[:, None] - 1) * e_sn + cols[None, :] * e_sd, mask=image,
                   other=0.0).to(tl.float32)
-    if IEEE:
-        read = tl.dot(q, context, input_precision="ieee")
-    else:
-        read = tl.dot(q, context)
-    out = scale * read + q * enc
+    out = scale * tl.dot(q, context, input_precision=PRECISION) + q * enc
     tl.store(out_ptr + (b * tokens + rows[:, None]) * heads * dim + h * dim + cols[None, :], out, mask=mask)
 
 
 @triton.jit
 def _read_backward_kernel(q_ptr, context_ptr, enc_ptr, grad_ptr, dq_ptr, dcontext_ptr, denc_ptr,
                           heads, tokens, dim, scale, q_sb, q_sh, q_sn, e_sb, e_sh, e_sn, e_sd,
-                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)  # one (batch, head): d(context) sums over all its tokens
     b, h = pid // heads, pid % heads
     cols = tl.arange(0, BLOCK_D)
@@ -153,15 +141,16 @@ def _read_backward_kernel(q_ptr, context_ptr, enc_ptr, grad_ptr, dq_ptr, dcontex
                       mask=image, other=0.0).to(tl.float32)
         grad = tl.load(grad_ptr + (b * tokens + rows[:, None]) * heads * dim + h * dim + cols[None, :], mask=mask,
                        other=0.0).to(tl.float32)  # d(out) of this head [BLOCK_N, d]
-        if IEEE:
-            dq = scale * tl.dot(grad, tl.trans(context), input_precision="ieee") + grad * enc
-            dcontext += scale * tl.dot(tl.trans(q), grad, input_precision="ieee")
-        else:
-            dq = scale * tl.dot(grad, tl.trans(context)) + grad * enc
-            dcontext += scale * tl.dot(tl.trans(q), grad)
+        dq = scale * tl.dot(grad, tl.trans(context), input_precision=PRECISION) + grad * enc
+        dcontext += scale * tl.dot(tl.trans(q), grad, input_precision=PRECISION)
         tl.store(dq_ptr + (pid * tokens + rows[:, None]) * dim + cols[None, :], dq, mask=mask)
         tl.store(denc_ptr + (pid * (tokens - 1) + rows[:, None] - 1) * dim + cols[None, :], grad * q, mask=image)
     tl.store(dcontext_ptr + square, dcontext, mask=square_ok)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """Float32 inputs get float32 products (as the reference); lower-precision inputs TF32 ones (autocast)."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -181,7 +170,7 @@ class FactorizedContext(torch.autograd.Function):
         col_sum = torch.empty_like(col_max)
         _forward_kernel[(batch * heads,)](k, v, context, col_max, col_sum, heads, tokens, dim, *_strides(k),
                                           *_strides(v), BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim),
-                                          IEEE=k.dtype == torch.float32)
+                                          PRECISION=_precision(k))
         ctx.save_for_backward(k, v, context, col_max, col_sum)
         return context.to(k.dtype)
 
@@ -194,7 +183,7 @@ class FactorizedContext(torch.autograd.Function):
         grid = (batch * heads, triton.cdiv(tokens, BLOCK_TOKENS))
         _backward_kernel[grid](k, v, context, grad.float().contiguous(), col_max, col_sum, dk, dv, heads, tokens,
                                dim, *_strides(k), *_strides(v), BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim),
-                               IEEE=k.dtype == torch.float32)
+                               PRECISION=_precision(k))
         return dk, dv
 
 
@@ -210,7 +199,7 @@ class FactorizedRead(torch.autograd.Function):
         out = torch.empty(batch, tokens, heads * dim, device=q.device, dtype=q.dtype)
         grid = (batch * heads, triton.cdiv(tokens, BLOCK_TOKENS))
         _read_kernel[grid](q, context, encoded, out, heads, tokens, dim, scale, *_strides(q), *encoded.stride(),
-                           BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim), IEEE=q.dtype == torch.float32)
+                           BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim), PRECISION=_precision(q))
         ctx.save_for_backward(q, context, encoded)
         ctx.scale = scale
         return out
@@ -226,7 +215,7 @@ class FactorizedRead(torch.autograd.Function):
         _read_backward_kernel[(batch * heads,)](
             q, context, encoded, grad.contiguous(), dq, dcontext, dencoded, heads, tokens, dim, ctx.scale,
             *_strides(q), *encoded.stride(), BLOCK_N=BLOCK_TOKENS, BLOCK_D=_block_dim(dim),
-            IEEE=q.dtype == torch.float32)
+            PRECISION=_precision(q))
         return dq, dcontext.to(context.dtype), dencoded, None
 
 

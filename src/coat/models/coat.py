@@ -19,6 +19,7 @@ from .layers import Grid, tokens_to_nchw
 from .shared import save_shared_once
 
 MIN_INPUT_SIZE = 32  # patch strides 4*2*2*2: scale 4 needs at least one token per side
+FIRST_CONV = "stages.0.patch_embed.proj"  # the module that reads the input channels
 
 
 class CoaT(nn.Module):
@@ -199,7 +200,7 @@ class CoaT(nn.Module):
         return {"architecture": getattr(self, "variant", None), "input_size": (self.config.in_chans,
                 pre.input_size, pre.input_size), "crop_pct": pre.crop_pct, "interpolation": pre.interpolation,
                 "crop_mode": pre.crop_mode, "mean": pre.mean, "std": pre.std, "num_classes": self.num_classes,
-                "first_conv": "stages.0.patch_embed.proj", "classifier": "head"}
+                "first_conv": FIRST_CONV, "classifier": "head"}
 
     @property
     def default_cfg(self) -> dict:
