@@ -117,12 +117,18 @@ def test_embedded_data_names_the_demo_extra(monkeypatch):
         embedded_splits(None, None)
 
 
-def _torch_stack(names=("torch", "torchvision")) -> set[str]:
-    """torch, torchvision and every distribution they need, as installed here."""
+def _requirement_name(requirement: str) -> str:
+    for mark in ";[<>=!~ ":
+        requirement = requirement.split(mark)[0]
+    return requirement.strip().lower().replace("_", "-")
+
+
+def _installed_closure(names: list[str]) -> set[str]:
+    """The distributions ``names`` and every distribution they need, as installed here."""
     seen: set[str] = set()
-    todo = list(names)
+    todo = [_requirement_name(name) for name in names]
     while todo:
-        name = todo.pop().lower().replace("_", "-")
+        name = todo.pop()
         if name in seen:
             continue
         try:
@@ -130,26 +136,35 @@ def _torch_stack(names=("torch", "torchvision")) -> set[str]:
         except metadata.PackageNotFoundError:
             continue
         seen.add(name)
-        for requirement in dist.requires or []:
-            if "extra ==" not in requirement:
-                todo.append(requirement.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0]
-                            .split("!")[0].split("~")[0].strip())
+        todo += [_requirement_name(r) for r in dist.requires or [] if "extra ==" not in r]
     return seen
 
 
-def _link_torch_stack(venv: Path) -> None:
-    """Make the installed torch stack visible to a fresh venv (a .pth file pointing at symlinks), so the
-    wheel test does not copy several GB of CUDA-build torch; pip sees those distributions as installed."""
-    shared = venv / "torch-stack"
+def _extra_distributions(extra: str) -> list[str]:
+    """What ``pip install coat-pytorch[extra]`` adds, with our self-references (``coat-pytorch[a,b]``) expanded."""
+    names = []
+    for requirement in PYPROJECT["project"]["optional-dependencies"][extra]:
+        if requirement.startswith("coat-pytorch["):
+            for inner in requirement.split("[")[1].rstrip("]").split(","):
+                names += _extra_distributions(inner)
+        else:
+            names.append(_requirement_name(requirement))
+    return names
+
+
+def _link_installed(venv: Path, names: list[str], label: str) -> None:
+    """Make the installed distributions ``names`` (and what they need) visible to a fresh venv: a .pth file
+    pointing at symlinks, so the wheel test copies nothing; pip sees those distributions as installed."""
+    shared = venv / label
     shared.mkdir()
-    for name in _torch_stack():
+    for name in _installed_closure(names):
         dist = metadata.distribution(name)
         for top in {Path(str(f)).parts[0] for f in dist.files or []}:
             source = Path(dist.locate_file(top))
             if source.exists() and not (shared / top).exists() and top not in ("..", "bin"):
                 (shared / top).symlink_to(source)
     site = next((venv / "lib").glob("python3*/site-packages"))
-    (site / "torch-stack.pth").write_text(str(shared) + "\n")
+    (site / f"{label}.pth").write_text(str(shared) + "\n")
 
 
 def _run(args: list, **kwargs) -> subprocess.CompletedProcess:
@@ -175,7 +190,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert wheel.name.startswith(f"coat_pytorch-{coat.__version__}-")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv])
-    _link_torch_stack(venv)
+    _link_installed(venv, ["torch", "torchvision"], "torch-stack")  # several GB of CUDA-build torch: not copied
     python, coat_cli = venv / "bin" / "python", venv / "bin" / "coat"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
@@ -184,7 +199,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
         check = subprocess.run([python, "-c", f"import {extra_module}"], capture_output=True, cwd=tmp_path)
         assert check.returncode != 0, f"{extra_module} came with the slim core"
     for stage in ("core", "all"):
-        if stage == "all":
+        if stage == "all":  # the extras as installed here: pip checks their versions and installs what is missing
+            _link_installed(venv, _extra_distributions("all"), "extras")
             _run([python, "-m", "pip", "install", "-q", f"{wheel}[all]"], env=env, cwd=tmp_path)
         assert _run([python, "-c", WHEEL_SMOKE], env=env, cwd=tmp_path).stdout.strip() == "(2, 4)"
         assert "predict" in _run([coat_cli, "--help"], env=env, cwd=tmp_path).stdout

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import coat
 from coat import fast
@@ -25,12 +25,6 @@ SMALL = (64, 96)  # small and not square: rows and columns must not be swapped
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= rel * b.abs().max() + 1e-6)
-
-
-def _last_node(model: torch.nn.Module) -> str:
-    train_nodes, eval_nodes = get_graph_node_names(model)
-    assert train_nodes[-1] == eval_nodes[-1]
-    return eval_nodes[-1]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -90,25 +84,31 @@ def test_torchscript(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_fx_forward_equals_the_model(name):
-    model = coat.create_model(name).eval()
-    node = _last_node(model)
-    fx_model = create_feature_extractor(model, train_return_nodes=[node], eval_return_nodes=[node]).eval()
-    for size in (SMALL, (96, 67)):  # one graph for every size: grids are read from the shapes at run time
+def test_fx_feature_extraction_forward_and_backward(name):
+    """One torchvision FX extractor (it traces train and eval mode): in eval mode the stage outputs that forward
+    hooks see and the logits, op for op, at two sizes from one graph; in train mode backward reaches every
+    parameter. Module names as return nodes: the output of the last op inside that module."""
+    model = coat.create_model(name, num_classes=42)
+    fx_model = create_feature_extractor(model, return_nodes={**{f"stages.{i}.blocks": str(i) for i in range(4)},
+                                                             "head": "logits"}).eval()
+    model.eval()
+    for size in (SMALL, (96, 67)):  # grids are read from the shapes at run time
         x = torch.randn(BATCH, 3, *size)
+        hooked = {}
+        handles = [stage.register_forward_hook(lambda m, args, out, i=i: hooked.update({str(i): out[0]}))
+                   for i, stage in enumerate(model.stages)]
         with torch.no_grad():
-            out = fx_model(x)[node]
-            with fast.only():  # the traced graph is the reference modules, op for op
-                assert torch.equal(out, model(x))
-            assert _close(out, model(x))  # and close to whatever path the model itself takes
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_fx_backward_reaches_every_parameter(name):
-    model = coat.create_model(name, num_classes=42).train()
-    node = _last_node(model)
-    fx_model = create_feature_extractor(model, train_return_nodes=[node], eval_return_nodes=[node]).train()
-    out = fx_model(torch.randn(BATCH, 3, *SMALL))[node]
+            logits = model(x)  # hooks on the stages: the reference modules run
+            for handle in handles:
+                handle.remove()
+            features = fx_model(x)
+            assert torch.equal(features.pop("logits"), logits)
+            assert features.keys() == hooked.keys() == {"0", "1", "2", "3"}
+            for key, tokens in hooked.items():
+                assert torch.equal(features[key], tokens), key
+            assert _close(logits, model(x))  # and close to whatever path the model takes without hooks
+    fx_model.train()
+    out = fx_model(torch.randn(BATCH, 3, *SMALL))["logits"]
     assert out.shape == (BATCH, 42)
     out.mean().backward()
     assert all(p.grad is not None for p in fx_model.parameters())
@@ -118,12 +118,11 @@ def test_fx_backward_reaches_every_parameter(name):
 @pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
 def test_fx_graph_scripts(name):
     model = coat.create_model(name).eval()
-    node = _last_node(model)
-    fx_model = create_feature_extractor(model, return_nodes=[node]).eval()
+    fx_model = create_feature_extractor(model, return_nodes=["head"]).eval()
     scripted = torch.jit.script(fx_model)
     x = torch.randn(BATCH, 3, *SMALL)
     with torch.no_grad():
-        assert _close(scripted(x)[node], fx_model(x)[node])
+        assert _close(scripted(x)["head"], fx_model(x)["head"])
 
 
 @pytest.mark.parametrize("name", ALL)

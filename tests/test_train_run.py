@@ -135,6 +135,7 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
     assert run_cli("train", "--output", str(straight), *args).returncode == 0
 
     killed = tmp_path / "killed"
+    args += ["--workers", "2"]  # persistent workers: augmentations are drawn from per-sample seeds all the same
     proc = subprocess.Popen([sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -173,6 +174,14 @@ def _one_line_exit_2(result: subprocess.CompletedProcess, *needles: str) -> None
 def test_missing_data_folder(tmp_path):
     _one_line_exit_2(run_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY),
                      "does not exist")
+
+
+@pytest.mark.parametrize("option, value", [("--workers", "-1"), ("--seed", "-3"), ("--epochs", "0")])
+def test_bad_option_is_one_line_exit_2(option, value, image_folder, tmp_path, capsys):
+    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY, option, value]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], lines
+    assert not (tmp_path / "o").exists()
 
 
 def test_empty_data_folder(tmp_path):

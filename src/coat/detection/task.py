@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datasets import DataError
-from ..train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
+from ..train.distributed import DistInfo
+from ..train.loaders import run_loaders
 from ..train.loop import run
 from ..train.optim import warmup_multistep
 from .coco_eval import evaluate_detector
@@ -66,15 +67,10 @@ class DetectionTask:
         train_set = CocoDetectionSet(train, detection_transform(config.hflip), self.with_masks, config.skip_corrupt)
         val_set = CocoDetectionSet(val, detection_transform(0.0), with_masks=False,  # COCOeval reads the JSON's
                                    skip_corrupt=config.skip_corrupt)
-        loader_args = {"num_workers": config.workers, "collate_fn": collate_detection,
-                       "pin_memory": torch.cuda.is_available()}
-        sampler = RepeatedAugSampler(len(train_set), info, repeats=1, shuffle=True, seed=config.seed)
-        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                                  **loader_args)
         # One image per forward in evaluation: batched images are zero-padded to a common size, and the padding
         # changes the attention's features, so batch 1 makes the metrics independent of how images are grouped.
-        val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), info), **loader_args)
-        return train_loader, val_loader
+        return run_loaders(train_set, val_set, info, seed=config.seed, batch_size=config.batch_size,
+                           val_batch_size=1, workers=config.workers, collate_fn=collate_detection)
 
     def build_model(self) -> nn.Module:
         config = self.config

@@ -27,7 +27,8 @@ from ..data.transforms import batch_mixing, train_transform
 from ..factory import create_model
 from ..models.coat import CoaT
 from .config import TrainConfig
-from .distributed import DistInfo, RepeatedAugSampler, ShardSampler, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum
+from .loaders import run_loaders
 from .loop import amp_enabled, backward_and_step, run
 from .optim import warmup_cosine
 
@@ -132,16 +133,9 @@ class ClassificationTask:
         if len(train_set) < global_batch:
             raise DataError(f"the training set has {len(train_set)} images, fewer than one global batch of "
                             f"{global_batch}; lower --batch-size")
-        sampler = RepeatedAugSampler(len(train_set), info, config.repeated_aug, shuffle=True, seed=config.seed)
-        # Workers start afresh each epoch, seeded from the main process's RNG: that keeps --resume exact (persistent
-        # workers would carry their RNG streams across epochs, which last.pt cannot restore).
-        loader_args = {"num_workers": config.workers, "collate_fn": collate_skipping_none,
-                       "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
-        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                                  **loader_args)
-        val_loader = DataLoader(val_set, batch_size=config.batch_size, sampler=ShardSampler(len(val_set), info),
-                                **loader_args)
-        return train_loader, val_loader
+        return run_loaders(train_set, val_set, info, seed=config.seed, batch_size=config.batch_size,
+                           val_batch_size=config.batch_size, workers=config.workers,
+                           collate_fn=collate_skipping_none, repeats=config.repeated_aug)
 
     def build_model(self) -> CoaT:
         config = self.config

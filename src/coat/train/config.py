@@ -162,6 +162,8 @@ def validate(config: RunConfig, task_checks: list[tuple[bool, str]]) -> None:
     checks = [
         (config.epochs > 0, "--epochs must be positive"),
         (config.batch_size > 0, "--batch-size must be positive"),
+        (config.workers >= 0, "--workers must be 0 (load in the main process) or more"),
+        (config.seed >= 0, "--seed must be 0 or more"),
         (0 <= config.ema_decay < 1, "--ema-decay must be in [0, 1)"),
         (config.amp_dtype in ("auto", "bf16", "fp16"), "--amp-dtype must be auto, bf16 or fp16"),
         *task_checks,
