@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_resolution.py
 	$(PY) benchmarks/bench_op_count.py --all
+	$(PY) benchmarks/bench_input.py
 
 # One CUDA device, about 6 minutes: ours vs timm, bf16 inference / latency / training, eager and compiled.
 bench-gpu: $(STAMP)

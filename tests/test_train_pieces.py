@@ -39,7 +39,8 @@ def test_yaml_then_flags_override_recipe(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [({"recipe": "fast"}, "unknown recipe"), ({"model": "vit"}, "unknown model"),
-                                        ({"input_size": 16}, "at least 32"), ({"epochs": 0}, "positive")])
+                                        ({"input_size": 16}, "at least 32"), ({"epochs": 0}, "positive"),
+                                        ({"workers": -1}, "--workers must be 0"), ({"seed": -3}, "--seed must be 0")])
 def test_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
         resolve(bad)

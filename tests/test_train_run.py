@@ -176,14 +176,6 @@ def test_missing_data_folder(tmp_path):
                      "does not exist")
 
 
-@pytest.mark.parametrize("option, value", [("--workers", "-1"), ("--seed", "-3"), ("--epochs", "0")])
-def test_bad_option_is_one_line_exit_2(option, value, image_folder, tmp_path, capsys):
-    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY, option, value]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and option in lines[0], lines
-    assert not (tmp_path / "o").exists()
-
-
 def test_empty_data_folder(tmp_path):
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     (tmp_path / "d" / "val" / "a").mkdir(parents=True)

@@ -1,0 +1,102 @@
+"""Input pipeline of one loader worker on ImageNet-sized JPEGs (made here), one thread as in a worker.
+
+    python benchmarks/bench_input.py [--images 48] [--repeats 3] [--size 224]
+
+A worker reads a file (``coat.data.datasets.load_rgb``, PIL) and runs the recipe's transform on it.
+Printed: images/s per worker for decoding alone, a whole training sample (the authors' ImageNet
+transform: RandomResizedCrop, flip, RandAugment m9, normalise, RandomErasing) and a whole
+evaluation sample, then the milliseconds of each training transform step. A GPU that trains at
+R images/s needs about R / (training samples/s per worker) workers, i.e. that many CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from coat.bench import machine_line
+from coat.data.datasets import load_rgb
+from coat.data.preprocessing import Preprocessing
+from coat.data.transforms import train_transform
+from coat.train.config import TrainConfig
+
+IMAGENET_SIZE = (500, 375)  # the most common ImageNet training image size (width, height)
+
+
+def write_photo_like_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """Smooth colour fields with texture and noise, at quality 90: about ImageNet's 110 KB per JPEG."""
+    rng = np.random.default_rng(seed)
+    width, height = IMAGENET_SIZE
+    paths = []
+    for i in range(count):
+        coarse = rng.uniform(0, 255, (height // 25, width // 25, 3)).astype(np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        image += rng.normal(0, 18, (height, width, 3))  # texture and sensor noise: what makes photos big
+        path = folder / f"{i}.jpg"
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def images_per_second(fn: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
+    fn(paths[0])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for path in paths:
+            fn(path)
+        rates.append(len(paths) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def step_milliseconds(transform, paths: list[Path], repeats: int) -> dict[str, float]:
+    """Mean time of each step of a ``v2.Compose`` over the images (RandAugment's ops vary per call)."""
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for path in paths:
+            image = load_rgb(str(path))
+            for step in transform.transforms:
+                started = time.perf_counter()
+                image = step(image)
+                times.setdefault(type(step).__name__, []).append(time.perf_counter() - started)
+    return {name: 1000 * statistics.mean(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    torch.manual_seed(0)
+    recipe = TrainConfig()  # the authors' ImageNet recipe
+    train_tf = train_transform(args.size, recipe.scale_min, recipe.hflip, recipe.randaugment_magnitude,
+                               recipe.random_erasing, recipe.mean, recipe.std)
+    eval_tf = Preprocessing(input_size=args.size, crop_pct=recipe.crop_pct).transforms()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_photo_like_jpegs(Path(tmp), args.images)
+        kilobytes = statistics.mean(p.stat().st_size for p in paths) / 1024
+        print(machine_line(), f"| one thread | {args.images} JPEGs of {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]}, "
+              f"{kilobytes:.0f} KB on average | output {args.size}x{args.size}")
+        print("| per worker | images/s |\n|---|---|")
+        for name, fn in {"decode (PIL)": lambda p: load_rgb(str(p)),
+                         "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
+                         "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
+                         }.items():
+            print(f"| {name} | {images_per_second(fn, paths, args.repeats):.0f} |")
+        print("\n| training transform step | ms per image |\n|---|---|")
+        for name, ms in step_milliseconds(train_tf, paths, args.repeats).items():
+            print(f"| {name} | {ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
