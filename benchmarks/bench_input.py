@@ -1,12 +1,14 @@
 """Input pipeline of one loader worker on ImageNet-sized JPEGs (made here), one thread as in a worker.
 
-    python benchmarks/bench_input.py [--images 48] [--repeats 3] [--size 224]
+    python benchmarks/bench_input.py [--images 48] [--repeats 5] [--size 224]
 
 A worker reads a file (``coat.data.datasets.load_rgb``, PIL) and runs the recipe's transform on it.
 Printed: images/s per worker for decoding alone, a whole training sample (the authors' ImageNet
 transform: RandomResizedCrop, flip, RandAugment m9, normalise, RandomErasing) and a whole
-evaluation sample, then the milliseconds of each training transform step. A GPU that trains at
-R images/s needs about R / (training samples/s per worker) workers, i.e. that many CPU cores.
+evaluation sample, and what a worker does with ``--pixel-augment-on-device`` (decode, crop, flip;
+RandAugment, normalisation and erasing then run on the training device), then the milliseconds of
+each training transform step. The cases are interleaved round by round. A GPU that trains at R
+images/s needs about R / (training samples/s per worker) workers, i.e. that many CPU cores.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PIL import Image
 from coat.bench import machine_line
 from coat.data.datasets import load_rgb
 from coat.data.preprocessing import Preprocessing
-from coat.data.transforms import train_transform
+from coat.data.transforms import crop_transform, pixel_transform, train_transform
 from coat.train.config import TrainConfig
 
 IMAGENET_SIZE = (500, 375)  # the most common ImageNet training image size (width, height)
@@ -46,24 +48,28 @@ def write_photo_like_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path
     return paths
 
 
-def images_per_second(fn: Callable[[Path], object], paths: list[Path], repeats: int) -> float:
-    fn(paths[0])  # warm-up
-    rates = []
+def images_per_second(cases: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int) -> dict[str, float]:
+    """Median images/s of each case, the cases interleaved round by round (this VM's speed drifts)."""
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn(paths[0])  # warm-up
     for _ in range(repeats):
-        started = time.perf_counter()
-        for path in paths:
-            fn(path)
-        rates.append(len(paths) / (time.perf_counter() - started))
-    return statistics.median(rates)
+        for name, fn in cases.items():
+            started = time.perf_counter()
+            for path in paths:
+                fn(path)
+            rates[name].append(len(paths) / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def step_milliseconds(transform, paths: list[Path], repeats: int) -> dict[str, float]:
     """Mean time of each step of a ``v2.Compose`` over the images (RandAugment's ops vary per call)."""
     times: dict[str, list[float]] = {}
+    steps = [step for part in transform.transforms for step in getattr(part, "transforms", [part])]
     for _ in range(repeats):
         for path in paths:
             image = load_rgb(str(path))
-            for step in transform.transforms:
+            for step in steps:
                 started = time.perf_counter()
                 image = step(image)
                 times.setdefault(type(step).__name__, []).append(time.perf_counter() - started)
@@ -73,7 +79,7 @@ def step_milliseconds(transform, paths: list[Path], repeats: int) -> dict[str, f
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -82,17 +88,26 @@ def main(argv: list[str] | None = None) -> None:
     train_tf = train_transform(args.size, recipe.scale_min, recipe.hflip, recipe.randaugment_magnitude,
                                recipe.random_erasing, recipe.mean, recipe.std)
     eval_tf = Preprocessing(input_size=args.size, crop_pct=recipe.crop_pct).transforms()
+    crop_tf = crop_transform(args.size, recipe.scale_min, recipe.hflip)
+    pixel_tf = pixel_transform(recipe.randaugment_magnitude, recipe.random_erasing, recipe.mean, recipe.std)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photo_like_jpegs(Path(tmp), args.images)
         kilobytes = statistics.mean(p.stat().st_size for p in paths) / 1024
         print(machine_line(), f"| one thread | {args.images} JPEGs of {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]}, "
               f"{kilobytes:.0f} KB on average | output {args.size}x{args.size}")
         print("| per worker | images/s |\n|---|---|")
-        for name, fn in {"decode (PIL)": lambda p: load_rgb(str(p)),
-                         "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
-                         "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
-                         }.items():
-            print(f"| {name} | {images_per_second(fn, paths, args.repeats):.0f} |")
+        cases = {"decode (PIL)": lambda p: load_rgb(str(p)),
+                 "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
+                 "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
+                 "pixel-augment-on-device worker (decode + crop + flip)": lambda p: crop_tf(load_rgb(str(p)))}
+        for name, rate in images_per_second(cases, paths, args.repeats).items():
+            print(f"| {name} | {rate:.0f} |")
+        crops = [crop_tf(load_rgb(str(p))) for p in paths]
+        started = time.perf_counter()
+        for crop in crops:
+            pixel_tf(crop)
+        print(f"\nThe pixel half on this CPU (what --pixel-augment-on-device moves to the device): "
+              f"{1000 * (time.perf_counter() - started) / len(crops):.2f} ms per image")
         print("\n| training transform step | ms per image |\n|---|---|")
         for name, ms in step_milliseconds(train_tf, paths, args.repeats).items():
             print(f"| {name} | {ms:.2f} |")

@@ -8,7 +8,8 @@ batch 256 and at batch 1 (latency), the bf16 training step (forward, backward, f
 batch 128 with its peak memory, each eager and under ``torch.compile`` (batch 1 with CUDA graphs:
 ``mode="reduce-overhead"``); the eager cases also for ours with the opt-in ``cuda_triton`` path (on
 CPU it never applies: the reference runs); and the AdamW step alone, fused against foreach (which
-``coat train`` should use on this device). Compiled cases stop once ``--budget-s`` has passed
+``coat train`` should use on this device); once, the device's share of ``coat train
+--pixel-augment-on-device`` for one training batch. Compiled cases stop once ``--budget-s`` has passed
 (marked "skipped"), so the whole run fits a short device lease. Prints a markdown table; ``--json``
 writes every figure with the card and versions.
 """
@@ -29,6 +30,8 @@ from torch import nn
 
 from coat import fast
 from coat.bench import interleaved, peak_bytes, timm_pair
+from coat.data.transforms import EachImage, pixel_transform
+from coat.train.config import TrainConfig
 
 MODELS = ["coat_lite_tiny", "coat_lite_small", "coat_tiny", "coat_small"]
 
@@ -127,9 +130,13 @@ def max_logit_diff(ours: nn.Module, peer: nn.Module, x: torch.Tensor) -> float:
     return diff
 
 
+def device_sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
 def measure(name: str, setting: Setting, compile_until: float) -> Row:
     device = setting.device
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = device_sync(device)
     ours, peer = timm_pair(name, img_size=setting.size)
     ours, peer = ours.to(device).eval(), peer.to(device).eval()
     x = torch.randn(setting.inference_batch, 3, setting.size, setting.size, device=device)
@@ -184,6 +191,18 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
     return row
 
 
+def pixel_augment_ms(setting: Setting) -> float:
+    """The device's work under ``coat train --pixel-augment-on-device`` for one training batch (the authors'
+    RandAugment, normalisation and erasing, per image), in ms: to set against the training step it adds to."""
+    recipe = TrainConfig()
+    augment = EachImage(pixel_transform(recipe.randaugment_magnitude, recipe.random_erasing, recipe.mean, recipe.std))
+    crops = torch.randint(0, 256, (setting.train_batch, 3, setting.size, setting.size), dtype=torch.uint8,
+                          device=setting.device)
+    t = interleaved({"augment": lambda: augment(crops)}, setting.train_batch, warmup=2, repeats=setting.repeats,
+                    sync=device_sync(setting.device))
+    return 1000 * t["augment"].median
+
+
 def environment(device: str) -> dict[str, Any]:
     import timm
 
@@ -232,10 +251,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
     torch.manual_seed(0)
     compile_until = time.perf_counter() + args.budget_s
     rows = [measure(name, setting, compile_until) for name in models]
+    augment_ms = pixel_augment_ms(setting)
     env = environment(setting.device)
     print(markdown(rows, setting, env), flush=True)
+    print(f"\n--pixel-augment-on-device: the device's RandAugment + normalisation + erasing of one training batch of "
+          f"{setting.train_batch}: {augment_ms:.1f} ms (to add to the bf16 train step above)", flush=True)
     if args.json is not None:
-        payload = {**env, "setting": setting.__dict__, "rows": [row.__dict__ for row in rows]}
+        payload = {**env, "setting": setting.__dict__, "rows": [row.__dict__ for row in rows],
+                   "pixel_augment_ms_per_train_batch": augment_ms}
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(args.json)

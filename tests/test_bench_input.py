@@ -16,3 +16,4 @@ def test_prints_rates_per_worker_and_the_cost_of_each_training_step(capsys):
     rates = dict(re.findall(r"^\| (\w+) [^|]*\| ([\d.]+) \|$", out, flags=re.M))
     assert set(rates) >= {"decode", "training", "evaluation", "RandomResizedCrop", "RandAugment", "Normalize"}
     assert all(float(rates[name]) > 0 for name in ("decode", "training", "evaluation"))  # images/s
+    assert "pixel-augment-on-device worker" in out and "ms per image" in out

@@ -32,8 +32,10 @@ def test_quick_run_measures_every_case_and_writes_json(tmp_path, capsys):
             assert all((v is not None and v > 0) == measured for v in figures.values()), (row.model, case)
     table = capsys.readouterr().out
     assert "| coat_tiny |" in table and "skipped" in table and "CPU (--quick)" in table
+    assert "--pixel-augment-on-device: " in table
     saved = json.loads(out.read_text())
     assert saved["device"] == "CPU (--quick)" and len(saved["rows"]) == 2 and not out.with_suffix(".tmp").exists()
+    assert saved["pixel_augment_ms_per_train_batch"] > 0
 
 
 def test_without_cuda_the_full_run_says_how_to_check_the_script(capsys):

@@ -9,7 +9,7 @@ import yaml
 
 import coat
 from coat.data.preprocessing import Preprocessing
-from coat.data.transforms import batch_mixing, train_transform
+from coat.data.transforms import EachImage, batch_mixing, crop_transform, pixel_transform, train_transform
 from coat.train.config import TrainConfig, resolve, to_yaml
 from coat.train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
 from coat.train.optim import build_optimizer, param_groups, warmup_cosine
@@ -159,3 +159,37 @@ def test_embedded_data_is_augmented_by_batch():
     per_image = ClassificationTask(resolve({"batch_size": 16, "hflip": 0.5}))  # a flip: the per-image path
     images, _, _ = next(iter(per_image.build_data(DistInfo(0, 1))[0]))
     assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and per_image.batch_transform is None
+
+
+def test_crops_in_workers_then_pixels_on_the_device_is_the_training_transform():
+    """--pixel-augment-on-device splits train_transform in two; drawing in the same order gives the same image."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(pixels.numpy())
+    recipe = (40, 0.08, 0.5)  # size, scale_min, hflip
+    whole = train_transform(*recipe, 9, 1.0, (0.5,) * 3, (0.2,) * 3, rotation=10)
+    crop, on_device = crop_transform(*recipe, rotation=10), EachImage(pixel_transform(9, 1.0, (0.5,) * 3, (0.2,) * 3))
+    for seed in range(8):
+        torch.manual_seed(seed)
+        expected = whole(image)
+        torch.manual_seed(seed)
+        cropped = crop(image)  # what a worker sends: uint8 [3, 40, 40]
+        assert cropped.dtype == torch.uint8 and cropped.shape == (3, 40, 40)
+        assert torch.equal(on_device(cropped[None])[0], expected)
+
+
+def test_pixel_augment_on_device_sends_uint8_crops_and_trains(image_folder):
+    from coat.train.classify import ClassificationTask
+    from coat.train.config import resolve
+    from coat.train.distributed import DistInfo
+
+    task = ClassificationTask(resolve({"data": str(image_folder), "batch_size": 4, "input_size": 32, "workers": 0,
+                                       "pixel_augment_on_device": True}))
+    train, _ = task.build_data(DistInfo(0, 1))
+    images, targets, _ = next(iter(train))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+    loss, count = task.batch_loss(task.build_model(), (images, targets, 0), torch.device("cpu"),
+                                  contextlib.nullcontext())
+    assert count == 4 and torch.isfinite(loss)
+    assert "pixel augmentation on the device" in task.describe(DistInfo(0, 1), torch.device("cpu"), 1e-3)

@@ -23,7 +23,7 @@ from ..checkpoint import save_checkpoint
 from ..data.batch_augment import BatchTrainTransform
 from ..data.datasets import EMBEDDED_NAME, DataError, Preloaded, collate_skipping_none, embedded_splits, folder_splits
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import batch_mixing, train_transform
+from ..data.transforms import EachImage, batch_mixing, crop_transform, pixel_transform, train_transform
 from ..factory import create_model
 from ..models.coat import CoaT
 from .config import TrainConfig
@@ -104,7 +104,7 @@ class ClassificationTask:
         self.config = config
         self.classes: list[str] = []
         self.mixing = None
-        self.batch_transform: BatchTrainTransform | None = None
+        self.batch_transform: BatchTrainTransform | EachImage | None = None  # runs on the training device
         self.sizes = (0, 0)  # train, val images
 
     def augments_by_batch(self) -> bool:
@@ -122,9 +122,14 @@ class ClassificationTask:
             train_set, val_set = embedded_splits(None, val_tf, raw_train=True)
             val_set = Preloaded(val_set)  # evaluated every epoch with the same transform
         else:
-            train_tf = train_transform(config.input_size, config.scale_min, config.hflip,
-                                       config.randaugment_magnitude, config.random_erasing, config.mean, config.std,
-                                       config.rotation)
+            if config.pixel_augment_on_device:  # workers: uint8 crops; the device: the per-pixel rest, per image
+                train_tf = crop_transform(config.input_size, config.scale_min, config.hflip, config.rotation)
+                self.batch_transform = EachImage(pixel_transform(config.randaugment_magnitude, config.random_erasing,
+                                                                 config.mean, config.std))
+            else:
+                train_tf = train_transform(config.input_size, config.scale_min, config.hflip,
+                                           config.randaugment_magnitude, config.random_erasing, config.mean,
+                                           config.std, config.rotation)
             train_set, val_set = (embedded_splits(train_tf, val_tf) if config.data is None
                                   else folder_splits(config.data, train_tf, val_tf, config.skip_corrupt))
         self.classes, self.sizes = train_set.classes, (len(train_set), len(val_set))
@@ -171,7 +176,7 @@ class ClassificationTask:
             return torch.zeros((), device=device), 0
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if self.batch_transform is not None:
-            images = self.batch_transform(images)  # uint8 [B, 1, H, W] -> normalised [B, 3, S, S]
+            images = self.batch_transform(images)  # uint8 [B, C, H, W] -> normalised float [B, 3, S, S]
         if self.mixing is not None:
             images, targets = self.mixing(images, targets)  # targets become soft [B, num_classes]
         with autocast:
@@ -193,7 +198,8 @@ class ClassificationTask:
         return (f"training {config.model} ({config.recipe} recipe) on {source}: {self.sizes[0]} train / "
                 f"{self.sizes[1]} val images, {len(self.classes)} classes, {info.world_size} process(es) on {device}, "
                 f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"
-                f"{', augmented by batch' if self.batch_transform is not None else ''}"
+                f"{', augmented by batch' if isinstance(self.batch_transform, BatchTrainTransform) else ''}"
+                f"{', pixel augmentation on the device' if isinstance(self.batch_transform, EachImage) else ''}"
                 f"{', bf16 autocast' if amp_enabled(device, config) else ''}")
 
 

@@ -64,6 +64,7 @@ class TrainConfig(RunConfig):
     hflip: float = 0.5
     scale_min: float = 0.08  # RandomResizedCrop's smallest area fraction
     rotation: float = 0.0  # random rotation by up to this many degrees (0: off)
+    pixel_augment_on_device: bool = False  # RandAugment, normalisation and erasing on the training device
     repeated_aug: int = 3
     ema_decay: float = 0.99996
     crop_pct: float = 0.875
