@@ -33,7 +33,7 @@ _HELP = {
     "skip_corrupt": "skip unreadable images (counted in the metrics) instead of stopping",
     "pixel_augment_on_device": "loader workers only decode, crop and flip (uint8 batches); RandAugment, "
                                "normalisation and erasing run per image on the training device. For GPUs whose "
-                               "workers cannot keep up (BENCHMARKS.md, input pipeline); not yet measured on a GPU",
+                               "workers cannot keep up (BENCHMARKS.md, \"Feeding a GPU\"); not yet measured on a GPU",
 }
 
 
