@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup test demo bench bench-gpu clean
+.PHONY: setup test demo bench bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ bench: $(STAMP)
 # One CUDA device, about 6 minutes: ours vs timm, bf16 inference / latency / training, eager and compiled.
 bench-gpu: $(STAMP)
 	mkdir -p runs && $(PY) benchmarks/gpu.py --json runs/bench-gpu.json
+
+# The whole GPU check in one command, for a lent GPU machine whose python3 already holds torch, torchvision,
+# timm and tensorboard and which cannot install anything (no set-up: the source tree on PYTHONPATH): the
+# benchmark (about 6 minutes), then the tests that run on the GPU there (Triton kernels, the authors'
+# fixtures on the device, coat train end to end on the device; 2-3 minutes). GPU_PY / BENCH_ARGS override.
+GPU_PY ?= python3
+BENCH_ARGS ?= --json runs/bench-gpu.json
+gpu-check:
+	mkdir -p runs
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu.py $(BENCH_ARGS); bench=$$?; \
+	PYTHONPATH=src $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_triton_attention.py tests/test_parity.py \
+		tests/test_train_run.py; tests=$$?; \
+	echo "benchmark exit $$bench, tests exit $$tests"; test $$bench -eq 0 && test $$tests -eq 0
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -144,7 +144,7 @@ def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", "29519", "-m", "coat.cli", "detect", "train", *coco_set, *TINY,
-                             "--batch-size", "1", "--epochs", "1", "--output", str(out)],
+                             "--batch-size", "1", "--epochs", "1", "--output", str(out), "--device", "cpu"],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

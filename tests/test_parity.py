@@ -10,6 +10,7 @@ import coat
 pytestmark = pytest.mark.usefixtures("speed_path")  # on the reference and the fast paths
 
 TOL = 1e-4
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # on a GPU machine also the GPU
 FIXTURE_VARIANTS = ["coat_lite_tiny", "coat_tiny"]
 
 
@@ -17,15 +18,16 @@ def fixture(variant):
     return torch.load(FIXTURES / f"{variant}_224x224.pt", weights_only=True)
 
 
-def assert_matches_fixture(model, expected, grad=False):
-    model.eval()
+def assert_matches_fixture(model, expected, grad=False, device="cpu"):
+    model.eval().to(device)
+    x = expected["input"].to(device)
     with torch.set_grad_enabled(grad):  # autograd on: the training implementation (cpu_training on CPU)
-        logits = model(expected["input"])
-        feats = model.forward_intermediates(expected["input"], intermediates_only=True)
+        logits = model(x).cpu()
+        feats = model.forward_intermediates(x, intermediates_only=True)
     assert (logits - expected["logits"]).abs().max().item() < TOL
     for i, feat in enumerate(feats, start=1):
         assert feat[0].shape == expected[f"feat{i}"].shape
-        assert (feat[0] - expected[f"feat{i}"]).abs().max().item() < TOL, f"feat{i}"
+        assert (feat[0].cpu() - expected[f"feat{i}"]).abs().max().item() < TOL, f"feat{i}"
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
@@ -38,10 +40,11 @@ def test_generated_weights_are_the_fixtures(variant):
     assert abs_total.item() == pytest.approx(expected["weights_abs_sum"].item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
-def test_official_checkpoint_reproduces_fixture(variant, official_checkpoint):
+def test_official_checkpoint_reproduces_fixture(variant, device, official_checkpoint):
     model = coat.create_model(variant, pretrained=official_checkpoint(variant))
-    assert_matches_fixture(model, fixture(variant))
+    assert_matches_fixture(model, fixture(variant), device=device)  # float32, PyTorch's default backend settings
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)

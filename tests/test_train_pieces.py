@@ -193,3 +193,19 @@ def test_pixel_augment_on_device_sends_uint8_crops_and_trains(image_folder):
                                   contextlib.nullcontext())
     assert count == 4 and torch.isfinite(loss)
     assert "pixel augmentation on the device" in task.describe(DistInfo(0, 1), torch.device("cpu"), 1e-3)
+
+
+def test_pick_device_gives_each_process_of_a_node_its_gpu(monkeypatch):
+    from coat.train.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [pick_device("auto", rank) for rank in (0, 1)] == [torch.device("cuda:0"), torch.device("cuda:1")]
+    assert pick_device("cuda", 1) == torch.device("cuda:1") and pick_device("cuda:0", 1) == torch.device("cuda:0")
+    assert pick_device("cpu", 1) == torch.device("cpu")
+    with pytest.raises(ValueError, match="process 2 of this node has no GPU of its own: 2 CUDA GPU.*--device cpu"):
+        pick_device("auto", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", 1) == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU is available; use --device cpu"):
+        pick_device("cuda")

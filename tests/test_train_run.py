@@ -115,7 +115,8 @@ def test_ddp_step_equals_single_process_double_batch(tmp_path):
 def test_a_non_finite_loss_on_one_process_stops_every_process(image_folder, tmp_path):
     # 24 images, 4 per process: 3 steps an epoch; rank 1's loss is NaN at step 2, read at step 3 (the epoch's last)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [*TINY, "--batch-size", "4", "--epochs", "2", "--data", str(image_folder), "--output", str(tmp_path / "run")]
+    args = [*TINY, "--batch-size", "4", "--epochs", "2", "--data", str(image_folder), "--output", str(tmp_path / "run"),
+            "--device", "cpu"]  # Gloo on CPUs, also where one GPU could not serve both processes
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", "29518", str(Path(__file__).parent / "ddp_nonfinite_worker.py"),
                              "train", *args], capture_output=True, text=True, timeout=300, env=env)
@@ -251,7 +252,7 @@ def test_coat_train_under_torchrun_two_processes(image_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", "29518", "-m", "coat.cli", "train", "--data", str(image_folder),
-                             "--output", str(out), "--epochs", "2", "--repeated-aug", "2", *TINY],
+                             "--output", str(out), "--epochs", "2", "--repeated-aug", "2", *TINY, "--device", "cpu"],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
