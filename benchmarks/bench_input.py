@@ -17,14 +17,13 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from coat.bench import machine_line
+from coat.bench import interleaved, machine_line
 from coat.data.datasets import load_rgb
 from coat.data.preprocessing import Preprocessing
 from coat.data.transforms import crop_transform, pixel_transform, train_transform
@@ -46,20 +45,6 @@ def write_photo_like_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(path)
     return paths
-
-
-def images_per_second(cases: dict[str, Callable[[Path], object]], paths: list[Path], repeats: int) -> dict[str, float]:
-    """Median images/s of each case, the cases interleaved round by round (this VM's speed drifts)."""
-    rates: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn(paths[0])  # warm-up
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            started = time.perf_counter()
-            for path in paths:
-                fn(path)
-            rates[name].append(len(paths) / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def step_milliseconds(transform, paths: list[Path], repeats: int) -> dict[str, float]:
@@ -96,12 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         print(machine_line(), f"| one thread | {args.images} JPEGs of {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]}, "
               f"{kilobytes:.0f} KB on average | output {args.size}x{args.size}")
         print("| per worker | images/s |\n|---|---|")
-        cases = {"decode (PIL)": lambda p: load_rgb(str(p)),
-                 "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
-                 "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
-                 "pixel-augment-on-device worker (decode + crop + flip)": lambda p: crop_tf(load_rgb(str(p)))}
-        for name, rate in images_per_second(cases, paths, args.repeats).items():
-            print(f"| {name} | {rate:.0f} |")
+        per_image = {"decode (PIL)": lambda p: load_rgb(str(p)),
+                     "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
+                     "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
+                     "pixel-augment-on-device worker (decode + crop + flip)": lambda p: crop_tf(load_rgb(str(p)))}
+        over_all_images = {name: lambda fn=fn: [fn(p) for p in paths] for name, fn in per_image.items()}
+        for name, timing in interleaved(over_all_images, len(paths), warmup=1, repeats=args.repeats).items():
+            print(f"| {name} | {timing.images_per_second:.0f} |")
         crops = [crop_tf(load_rgb(str(p))) for p in paths]
         started = time.perf_counter()
         for crop in crops:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coat import fast
-from coat.bench import interleaved, peak_bytes, timm_pair
+from coat.bench import device_sync, interleaved, peak_bytes, timm_pair
 from coat.data.transforms import EachImage, pixel_transform
 from coat.train.config import TrainConfig
 
@@ -128,10 +128,6 @@ def max_logit_diff(ours: nn.Module, peer: nn.Module, x: torch.Tensor) -> float:
     if diff > 0.05 * b.abs().max().item() + 0.05:
         raise RuntimeError(f"outputs differ by {diff:.3g} under bf16 autocast; not timing")
     return diff
-
-
-def device_sync(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 def measure(name: str, setting: Setting, compile_until: float) -> Row:

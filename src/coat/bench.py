@@ -133,6 +133,11 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """What waits for ``device``'s queued work before a timer reads the clock (nothing on CPUs)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], batch_size: int, warmup: int = 2, repeats: int = 10,
                 sync: Callable[[], None] = lambda: None) -> dict[str, Timing]:
     """Time each callable ``repeats`` times, alternating between them so drift hits all alike."""
@@ -160,7 +165,7 @@ def benchmark_table(name: str, batch_size: int, size: int, modes: list[str], dty
     else:
         models = {"coat": create_model(name)}
     x = torch.randn(batch_size, 3, size, size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     rows = []
     for mode in modes:
         runners = {impl: m.to(device).eval() for impl, m in models.items()}

@@ -215,15 +215,14 @@ def run(task: Task) -> dict[str, Any]:
                     log.step(epoch * steps_per_epoch + step, loss.item(), lr)
         epoch_seconds = time.perf_counter() - started
         bar.close()
-        totals = reading  # read at the epoch's last step
         seconds_training += epoch_seconds
-        images_trained += totals.samples
+        images_trained += reading.samples  # read at the epoch's last step
 
         metrics = task.evaluate(eval_model, val_loader, device, info, autocast)
         skipped += metrics.pop("skipped", 0)
-        record = {"epoch": epoch + 1, "train_loss": totals.mean_loss,
+        record = {"epoch": epoch + 1, "train_loss": reading.mean_loss,
                   **{f"val_{k}": v for k, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": epoch_seconds, "images_per_second": totals.samples / epoch_seconds}
+                  "epoch_seconds": epoch_seconds, "images_per_second": reading.samples / epoch_seconds}
         candidates = [(metrics[task.score], model)]
         if ema is not None:
             ema_metrics = task.evaluate(eval_ema, val_loader, device, info, autocast)
