@@ -77,3 +77,18 @@ def make_image_folder(root: Path, classes=("circle", "square", "stripes"), train
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def group_umask():
+    """Run a test under umask 027 (files should come out rw-r-----); the mode files are expected to have."""
+    previous = os.umask(0o027)
+    try:
+        yield 0o640
+    finally:
+        os.umask(previous)
+
+
+def file_modes(folder: Path) -> dict[str, int]:
+    """``{relative path: permission bits}`` of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}

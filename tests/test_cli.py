@@ -66,3 +66,30 @@ def test_commands_exit_quietly_when_the_reader_closes_the_pipe(args):
     # 128 + SIGPIPE, as a shell reports for tools that SIGPIPE ends; argparse's help ignores write errors itself
     assert child.wait(timeout=120) == (0 if "--help" in args else 141)
     assert stderr == ""
+
+
+def test_every_typed_error_is_a_coat_error():
+    from coat.data.datasets import CorruptImageError, DataError
+    from coat.download import DownloadError
+    from coat.errors import InputNotFoundError, OutputExistsError, UsageError
+    from coat.export import ExportError
+    from coat.extras import MissingExtraError
+    from coat.train.loop import TrainingError
+
+    for error, builtin in [(coat.CheckpointError, ValueError), (DataError, ValueError), (CorruptImageError, ValueError),
+                           (DownloadError, ValueError), (ExportError, ValueError), (TrainingError, RuntimeError),
+                           (MissingExtraError, ImportError), (UsageError, ValueError),
+                           (OutputExistsError, FileExistsError), (InputNotFoundError, FileNotFoundError)]:
+        assert issubclass(error, coat.CoatError) and issubclass(error, builtin), error
+
+
+def test_a_bug_shows_its_traceback_instead_of_one_line(monkeypatch):
+    """Only CoatError is bad input; anything else raised by a command is a bug and must not be hidden."""
+    from coat.commands import model_commands
+
+    def broken(args):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(model_commands, "run_info", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["info"])

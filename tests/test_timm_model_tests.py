@@ -69,6 +69,27 @@ def test_pretrained_into_one_channel_and_other_classes(name, official_checkpoint
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_forward_intermediates_features(name):
+    """timm's test_model_forward_intermediates_features: the feature model timm builds with feature_cls='getter'."""
+    model = coat.create_model(name, pretrained=False, features_only=True, feature_cls="getter").eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert model.pretrained_cfg["input_size"][0] == 3 and "classifier" not in model.pretrained_cfg
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, *SMALL))
+    assert len(outputs) == len(channels) == 4
+    for expected_channels, reduction, out in zip(channels, reductions, outputs):
+        assert out.shape[:2] == (1, expected_channels)
+        assert out.shape[2] <= math.ceil(SMALL[0] / reduction) + 1 and out.shape[3] <= math.ceil(SMALL[1] / reduction) + 1
+        assert not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("kwargs", [{"features_only": True, "feature_cls": "hook"}, {"feature_cls": "getter"}])
+def test_feature_classes_coat_cannot_build_are_refused(kwargs):
+    with pytest.raises(coat.CoatError, match="feature_cls"):
+        coat.create_model("coat_lite_tiny", **kwargs)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_torchscript(name):
     model = coat.create_model(name).eval()
     scripted = torch.jit.script(model)

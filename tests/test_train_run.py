@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_modes
 from ddp_reference import make_batch, make_model
 from safetensors.torch import load_file
 
@@ -27,7 +28,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
+def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys, group_umask):
     out = tmp_path / "run"
     assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY,
                  "--ema-decay", "0.9"]) == 0
@@ -55,6 +56,9 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys):
     assert (out / "eval" / "confusion.png").stat().st_size > 1000
     # results are never overwritten silently
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder)]) == 2
+    modes = file_modes(out)  # every file the run and the evaluation wrote, as the umask says
+    assert {"last.pt", "best.safetensors", "summary.json", "eval/confusion.png"} <= modes.keys()
+    assert set(modes.values()) == {group_umask}, modes
 
 
 def test_progress_bar_shows_running_mean_loss_and_speed_at_log_intervals(image_folder, tmp_path, monkeypatch):

@@ -95,12 +95,13 @@ def test_predict_wrong_checkpoint(images, tmp_path, capsys):
     assert "not a readable" in capsys.readouterr().err
 
 
-def test_export_cli_onnx_parity(trained_checkpoint, tmp_path, capsys):
+def test_export_cli_onnx_parity(trained_checkpoint, tmp_path, capsys, group_umask):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(trained_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
     assert "max abs diff 224x224" in capsys.readouterr().out
     assert out.stat().st_size > 20_000_000 and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # weights inside
+    assert out.stat().st_mode & 0o777 == group_umask
     # one file serves other batch sizes and sizes that are not multiples of 32
     others = onnx_parity(coat.load_model(trained_checkpoint), out, sizes=[(96, 160), (33, 47)], batch=3)
     assert all(d < 1e-4 for d in others.values())

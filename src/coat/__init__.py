@@ -2,6 +2,7 @@
 
 from . import fast, weights
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .errors import CoatError
 from .factory import create_model, list_models, load_model, variant_config
 from .models.coat import CoaT
 from .models.config import VARIANTS, CoaTConfig
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VARIANTS",
     "CheckpointError",
+    "CoatError",
     "CoaT",
     "CoaTConfig",
     "Weights",

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +28,15 @@ from .data.preprocessing import Preprocessing
 from .download import fetch, fetch_hub_file
 from .models.config import CoaTConfig
 from .weights import Weights, get_weights, is_weights_name
+from .errors import CoatError
+from .files import atomic_write
 
 FORMAT_NAME = "coat"
 FORMAT_VERSION = "1"
 DETECTOR_FORMAT_NAME = "coat-detector"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CoatError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message is one sentence."""
 
 
@@ -302,18 +303,3 @@ def save_checkpoint(
     meta.update(metadata or {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

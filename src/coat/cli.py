@@ -1,8 +1,8 @@
 """The ``coat`` command: one sub-command per job.
 
-Each sub-command lives in its own module with ``add_parser(subparsers)`` that registers it and
-sets ``func``; bad input raises ``UserError``/``ValueError`` and becomes one line on stderr
-and exit code 2.
+Each sub-command lives in its own module with ``add_parsers(subparsers)``, which registers it and
+sets ``func``. Bad input raises a ``coat.errors.CoatError``, printed as one line on stderr with exit
+status 2; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import detect_commands, model_commands, train_commands, use_commands, weights_commands
-from .extras import MissingExtraError, require
-from .train.loop import TrainingError
+from .errors import CoatError
+from .extras import require
 
 COMMAND_MODULES = [model_commands, weights_commands, train_commands, use_commands, detect_commands]
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
@@ -50,8 +50,7 @@ def _run(argv: Sequence[str] | None) -> int:
         for extra in getattr(args, "extras", ()):  # optional libraries the command needs
             require(extra)
         return int(args.func(args) or 0)
-    # ValueError covers CheckpointError, DataError and DownloadError
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingError, MissingExtraError) as err:
+    except CoatError as err:
         print(f"coat {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

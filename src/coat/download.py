@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .weights import AUTHORS_BASE_URL, Weights
+from .errors import CoatError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ MIRROR_VARIABLE = "COAT_WEIGHTS_URL"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class DownloadError(ValueError):
+class DownloadError(CoatError, ValueError):
     """Weights that could not be fetched or verified; the message is one sentence with the fix."""
 
 

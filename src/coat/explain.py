@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .data.datasets import load_rgb
 from .extras import pyplot, require
 from .inference import LoadedModel

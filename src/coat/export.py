@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .extras import require
 from .models.coat import CoaT
+from .errors import CoatError
 
 PARITY_SIZES = ((224, 224), (160, 288))
 PARITY_TOLERANCE = 1e-4
@@ -26,7 +27,7 @@ ONNX_DYNAMIC_DIMS = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height",
                      3: torch.export.Dim("width", min=64)}
 
 
-class ExportError(ValueError):
+class ExportError(CoatError, ValueError):
     pass
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from types import ModuleType
+from .errors import CoatError
 
 DISTRIBUTION = "coat-pytorch"
 
@@ -23,7 +24,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(CoatError, ImportError):
     """An optional dependency is not installed; the message is the pip line that installs it."""
 
 

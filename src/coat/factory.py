@@ -15,9 +15,13 @@ from .data.preprocessing import Preprocessing
 from .models.coat import FIRST_CONV, CoaT
 from .models.config import VARIANTS, CoaTConfig
 from .models.features import CoaTFeatures
+from .errors import UsageError
 from .weights import Weights, get_weights
 
 logger = logging.getLogger(__name__)
+
+# timm's feature classes that CoaTFeatures is: "getter" (maps from forward_intermediates), "list" (a list of maps)
+FEATURE_CLASSES = ("getter", "list")
 
 
 def list_models() -> list[str]:
@@ -28,18 +32,18 @@ def list_models() -> list[str]:
 def variant_config(name: str, **overrides: Any) -> CoaTConfig:
     """The config of variant ``name`` with ``overrides`` (CoaTConfig fields) applied."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
     known = {f.name for f in dataclasses.fields(CoaTConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown model options {unknown}; CoaTConfig fields are {sorted(known)}")
+        raise UsageError(f"unknown model options {unknown}; CoaTConfig fields are {sorted(known)}")
     return dataclasses.replace(VARIANTS[name].config, **overrides)
 
 
 def create_model(
     name: str, pretrained: bool | str | os.PathLike | Weights | Checkpoint | None = None,
     num_classes: int | None = None, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
-    **overrides: Any
+    feature_cls: str | None = None, **overrides: Any
 ) -> CoaT | CoaTFeatures:
     """Build variant ``name``; with ``pretrained``, load weights:
 
@@ -49,8 +53,13 @@ def create_model(
 
     ``num_classes`` defaults to the checkpoint's (or 1000); a different value re-initialises the
     classifier and logs that it did. ``model.preprocessing`` is what the weights expect.
-    ``features_only=True`` returns timm's feature model instead: the maps of scales ``out_indices``.
+    ``features_only=True`` returns timm's feature model instead: the maps of scales ``out_indices``, read
+    through ``forward_intermediates`` (timm's ``feature_cls="getter"``, also accepted by that name; ``"list"``
+    gives the same list of maps).
     """
+    if feature_cls is not None and (not features_only or feature_cls.lower() not in FEATURE_CLASSES):
+        raise UsageError(f"feature_cls={feature_cls!r} is not available: CoaT's feature model reads "
+                         f"forward_intermediates; pass features_only=True with feature_cls in {FEATURE_CLASSES}")
     if pretrained is True:
         pretrained = get_weights(name)
     elif pretrained is False:

@@ -22,6 +22,7 @@ from .checkpoint import read_checkpoint
 from .data.datasets import DataError, load_rgb
 from .factory import create_model, infer_variant, load_model
 from .models.coat import CoaT
+from .errors import UsageError
 
 
 @dataclass
@@ -40,7 +41,7 @@ def load_for_inference(checkpoint: str | None, model_name: str | None = None) ->
     """A model in eval mode from a checkpoint (any format) or, without one, a randomly initialised variant."""
     if checkpoint is None:
         if model_name is None:
-            raise ValueError("pass --checkpoint PATH or --model NAME")
+            raise UsageError("pass --checkpoint PATH or --model NAME")
         model = create_model(model_name)
         return LoadedModel(model.eval(), default_class_names(model.config.num_classes), f"{model_name} (random init)")
     ckpt = read_checkpoint(checkpoint)

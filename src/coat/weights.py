@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from .data.preprocessing import Preprocessing
 from .models.config import VARIANTS
+from .errors import UsageError
 
 AUTHORS_BASE_URL = "https://vcl.ucsd.edu/coat/pretrained"
 HUB_FILE = "model.safetensors"
@@ -111,5 +112,5 @@ def get_weights(name: str) -> Weights:
     if name in VARIANTS:
         name = f"{name}.{DEFAULT_TAG}"
     if name not in WEIGHTS:
-        raise ValueError(f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}")
+        raise UsageError(f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}")
     return WEIGHTS[name]

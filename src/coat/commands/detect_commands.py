@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
+from ..errors import OutputExistsError, UsageError
 
 _HELP = {
     "train_images": "folder of the training images (file_name in the annotations is relative to it)",
@@ -86,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite or another --output")
+        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite or another --output")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -101,7 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model, spec = load_detector(args.checkpoint)
     index = read_coco(args.annotations, args.images, args.skip_corrupt)
     if index.category_ids != spec.category_ids:
-        raise ValueError(f"{args.annotations} lists categories {index.category_ids} but the checkpoint detects "
+        raise UsageError(f"{args.annotations} lists categories {index.category_ids} but the checkpoint detects "
                          f"{spec.category_ids}; evaluate on data with the training categories")
     with_masks = spec.detector == "maskrcnn" and index.has_masks  # without ground-truth masks, boxes only
     device = pick_device(args.device)
@@ -133,11 +134,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..train.distributed import pick_device
 
     if not 0 <= args.score_threshold <= 1:
-        raise ValueError("--score-threshold must be in [0, 1]")
+        raise UsageError("--score-threshold must be in [0, 1]")
     paths = find_images(args.inputs)
     pictures = [args.output / f"{path.stem}.png" for path in paths]
     if len(set(pictures)) < len(pictures):
-        raise ValueError("two inputs share a file name stem, so their pictures would collide; predict them apart")
+        raise UsageError("two inputs share a file name stem, so their pictures would collide; predict them apart")
     json_path = args.output / "detections.json"
     _refuse_overwrite([json_path, *pictures], args.overwrite)
     model, spec = load_detector(args.checkpoint)
@@ -165,7 +166,7 @@ def run_make_shapes(args: argparse.Namespace) -> int:
     from ..detection.shapes import make_shapes
 
     if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{args.output} is not empty; pass --overwrite or another folder")
+        raise OutputExistsError(f"{args.output} is not empty; pass --overwrite or another folder")
     paths = make_shapes(args.output, args.train_images, args.val_images)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in paths.items())
     print(f"wrote {args.train_images} train / {args.val_images} val images with instance masks to {args.output}\n"

@@ -14,6 +14,7 @@ from ..factory import create_model, infer_variant, variant_config
 from ..models.coat import CoaT
 from ..models.config import VARIANTS
 from ..weights import list_weights
+from ..errors import OutputExistsError
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +72,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     if args.dst.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
     checkpoint = read_checkpoint(args.src)
     name = args.model or checkpoint.variant or infer_variant(checkpoint.state_dict)
     model = create_model(name, pretrained=checkpoint)

@@ -17,6 +17,7 @@ from ..train.classify import evaluate, fit
 from ..train.config import RECIPES, TrainConfig, resolve
 from ..train.distributed import pick_device
 from .config_flags import add_config_flags, given_flags
+from ..errors import OutputExistsError, UsageError
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",
@@ -75,12 +76,12 @@ def run_eval(args: argparse.Namespace) -> int:
     transform = used.transforms()
     dataset = eval_split(args.data, transform, args.skip_corrupt)
     if hasattr(dataset, "classes") and len(dataset.classes) != cfg.num_classes:
-        raise ValueError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "
+        raise UsageError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "
                          "evaluate on data with the same classes")
     output = args.output or Path(args.checkpoint).resolve().parent / "eval"
     results_path = output / "results.json"
     if results_path.exists() and not args.overwrite:
-        raise FileExistsError(f"{results_path} already exists; pass --overwrite or another --output")
+        raise OutputExistsError(f"{results_path} already exists; pass --overwrite or another --output")
     device = pick_device(args.device)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skipping_none)
     result = evaluate(model.to(device), loader, device, cfg.num_classes, progress="eval")

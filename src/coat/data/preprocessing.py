@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
+from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,10 +33,10 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.crop_mode not in CROP_MODES:
-            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+            raise UsageError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         InterpolationMode(self.interpolation)  # raises ValueError on an unknown name
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     @property
     def resize_size(self) -> int:

@@ -15,7 +15,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import DETECTOR_FORMAT_NAME, CheckpointError, atomic_write, load_state_into, read_safetensors
+from ..checkpoint import DETECTOR_FORMAT_NAME, CheckpointError, load_state_into, read_safetensors
+from ..files import atomic_write
 from .builders import DETECTORS
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+from ..errors import UsageError
 
 COSCALE_MODES = ("interpolate", "attention")
 
@@ -34,17 +35,17 @@ class CoaTConfig:
 
     def __post_init__(self) -> None:
         if self.coscale not in COSCALE_MODES:
-            raise ValueError(f"coscale must be one of {COSCALE_MODES}, got {self.coscale!r}")
+            raise UsageError(f"coscale must be one of {COSCALE_MODES}, got {self.coscale!r}")
         if sum(self.crpe_windows.values()) != self.num_heads:
-            raise ValueError(
+            raise UsageError(
                 f"crpe_windows {self.crpe_windows} assigns {sum(self.crpe_windows.values())} heads "
                 f"but num_heads is {self.num_heads}; make the head counts add up"
             )
         for dim in self.embed_dims:
             if dim % self.num_heads:
-                raise ValueError(f"embed dim {dim} is not divisible by num_heads={self.num_heads}")
+                raise UsageError(f"embed dim {dim} is not divisible by num_heads={self.num_heads}")
         if self.parallel_depth and len(set(self.embed_dims[1:])) != 1:
-            raise ValueError(
+            raise UsageError(
                 "parallel blocks share one MLP across scales 2-4, so embed_dims[1:] must be equal, "
                 f"got {self.embed_dims[1:]}"
             )
@@ -64,7 +65,7 @@ class CoaTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown CoaTConfig fields {unknown}; known fields: {sorted(known)}")
+            raise UsageError(f"unknown CoaTConfig fields {unknown}; known fields: {sorted(known)}")
         values = dict(data)
         if "crpe_windows" in values:
             values["crpe_windows"] = {int(k): int(v) for k, v in values["crpe_windows"].items()}

@@ -36,5 +36,10 @@ class CoaTFeatures(nn.Module):
         self.model = model
         self.feature_info = FeatureInfo({**model.feature_info[i], "index": i} for i in self.out_indices)
 
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The model's ``pretrained_cfg`` without its classifier, as timm gives its feature models."""
+        return {k: v for k, v in self.model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..models.config import VARIANTS
+from ..errors import UsageError
 
 
 @dataclass
@@ -104,16 +105,16 @@ def field_names(cls: type[RunConfig] = TrainConfig) -> list[str]:
 def load_yaml(path: str | Path, cls: type[RunConfig] = TrainConfig) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+        raise UsageError(f"config file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UsageError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping of option: value")
+        raise UsageError(f"config file {path} must hold a mapping of option: value")
     unknown = sorted(set(values) - set(field_names(cls)))
     if unknown:
-        raise ValueError(f"config file {path} has unknown options {unknown}; see the command's --help")
+        raise UsageError(f"config file {path} has unknown options {unknown}; see the command's --help")
     return values
 
 
@@ -125,13 +126,13 @@ def given_options(cli: dict[str, Any], yaml_path: str | None, cls: type[RunConfi
 def check_model(given: dict[str, Any], default: str) -> str:
     model = given.get("model", default)
     if model not in VARIANTS:
-        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(VARIANTS)}")
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(VARIANTS)}")
     return model
 
 
 def check_recipe(recipe: str, recipes: dict[str, dict[str, Any]]) -> None:
     if recipe not in recipes:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(recipes)}")
+        raise UsageError(f"unknown recipe {recipe!r}; choose one of {', '.join(recipes)}")
 
 
 def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
@@ -171,7 +172,7 @@ def validate(config: RunConfig, task_checks: list[tuple[bool, str]]) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UsageError(message)
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,10 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     device = torch.device("cuda" if requested == "auto" and torch.cuda.is_available() else
                           "cpu" if requested == "auto" else requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     if device.type == "cuda" and device.index is None:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"process {local_rank} of this node has no GPU of its own: {torch.cuda.device_count()} "
+            raise UsageError(f"process {local_rank} of this node has no GPU of its own: {torch.cuda.device_count()} "
                              "CUDA GPU(s) are visible; start at most that many processes per node "
                              "(torchrun --nproc-per-node) or pass --device cpu")
         device = torch.device(f"cuda:{local_rank}")

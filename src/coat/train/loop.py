@@ -13,7 +13,6 @@ Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -37,11 +36,13 @@ from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
 from .state import load_training_state, restore_rng, rng_state, save_training_state
+from ..errors import CoatError
+from ..files import write_json, write_text
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.safetensors", "summary.json", "plots", "tensorboard")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CoatError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what was kept."""
 
 
@@ -178,7 +179,7 @@ def run(task: Task) -> dict[str, Any]:
         if info.is_main:
             tqdm.write(f"resumed {resume_path} after epoch {start_epoch}")
     elif info.is_main:
-        (output / "config.yaml").write_text(to_yaml(config))
+        write_text(output / "config.yaml", to_yaml(config))
 
     train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
     eval_model, eval_ema = model, (ema.module if ema is not None else None)
@@ -263,7 +264,7 @@ def run(task: Task) -> dict[str, Any]:
         "plots": str(output / "plots"), "metrics": str(output / "metrics.jsonl"),
     }
     if info.is_main:
-        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(output / "summary.json", summary)
     log.close()
     return summary
 

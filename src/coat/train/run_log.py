@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import pyplot, require
+from ..files import atomic_write
 
 
 class RunLog:
@@ -57,7 +58,7 @@ class RunLog:
             ax.grid(alpha=0.3)
             ax.legend()
             fig.tight_layout()
-            fig.savefig(plots / f"{name}.png", dpi=100)
+            atomic_write(plots / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
             plt.close(fig)
 
     def close(self) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, atomic_write
+from ..checkpoint import CheckpointError
+from ..files import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
