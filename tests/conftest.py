@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixture_weights import official_state_dict  # noqa: E402
+from fixture_weights import authors_state_dict  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +33,14 @@ def speed_path(request):
 
 
 @pytest.fixture(scope="session")
-def official_checkpoint(tmp_path_factory):
+def authors_checkpoint(tmp_path_factory):
     """Path of an authors'-format .pth (weights under 'model') for a variant, made once per variant."""
     cache: dict[str, Path] = {}
 
     def make(variant: str) -> Path:
         if variant not in cache:
-            path = tmp_path_factory.mktemp("official") / f"{variant}.pth"
-            torch.save({"model": official_state_dict(variant)}, path)
+            path = tmp_path_factory.mktemp("authors") / f"{variant}.pth"
+            torch.save({"model": authors_state_dict(variant)}, path)
             cache[variant] = path
         return cache[variant]
 

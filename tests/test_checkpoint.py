@@ -40,15 +40,15 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert marker.exists()
 
 
-def test_truncated_file(official_checkpoint, tmp_path):
-    data = official_checkpoint("coat_lite_tiny").read_bytes()
+def test_truncated_file(authors_checkpoint, tmp_path):
+    data = authors_checkpoint("coat_lite_tiny").read_bytes()
     path = tmp_path / "cut.pth"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         coat.create_model("coat_lite_tiny", pretrained=path)
 
 
-def test_truncated_safetensors(official_checkpoint, tmp_path):
+def test_truncated_safetensors(authors_checkpoint, tmp_path):
     model = coat.create_model("coat_lite_tiny")
     path = coat.save_checkpoint(model, tmp_path / "m.safetensors")
     cut = tmp_path / "cut.safetensors"
@@ -77,21 +77,21 @@ def test_missing_file(tmp_path):
         coat.create_model("coat_lite_tiny", pretrained=tmp_path / "nope.pth")
 
 
-def test_wrong_variant_names_the_first_mismatches(official_checkpoint):
+def test_wrong_variant_names_the_first_mismatches(authors_checkpoint):
     with pytest.raises(CheckpointError) as err:
-        coat.create_model("coat_lite_mini", pretrained=official_checkpoint("coat_lite_tiny"))
+        coat.create_model("coat_lite_mini", pretrained=authors_checkpoint("coat_lite_tiny"))
     message = str(err.value)
     assert "shapes differ" in message and "[1, 1, 256] in the file but [1, 1, 320] in the model" in message
     assert "\n" not in message
 
 
-def test_lite_weights_into_coat_reports_missing_keys(official_checkpoint):
+def test_lite_weights_into_coat_reports_missing_keys(authors_checkpoint):
     with pytest.raises(CheckpointError, match="missing from the file: .*parallel_blocks"):
-        coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_lite_tiny"))
+        coat.create_model("coat_tiny", pretrained=authors_checkpoint("coat_lite_tiny"))
 
 
-def test_other_num_classes_reinitialises_head(official_checkpoint, caplog):
-    path = official_checkpoint("coat_lite_tiny")
+def test_other_num_classes_reinitialises_head(authors_checkpoint, caplog):
+    path = authors_checkpoint("coat_lite_tiny")
     with caplog.at_level(logging.WARNING):
         model = coat.create_model("coat_lite_tiny", pretrained=path, num_classes=10)
     assert model.head.weight.shape == (10, 320)

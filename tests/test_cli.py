@@ -26,17 +26,17 @@ def test_info_table_for_one_variant(capsys):
     assert "coat_tiny" in out and "78.3" in out and '"parallel_depth": 6' in out
 
 
-def test_convert_official_to_ours(official_checkpoint, tmp_path, capsys):
+def test_convert_authors_to_ours(authors_checkpoint, tmp_path, capsys):
     dst = tmp_path / "ours.safetensors"
-    assert main(["convert", str(official_checkpoint("coat_tiny")), str(dst)]) == 0
-    assert "official format, coat_tiny" in capsys.readouterr().out
-    reference = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny")).eval()
+    assert main(["convert", str(authors_checkpoint("coat_tiny")), str(dst)]) == 0
+    assert "authors format, coat_tiny" in capsys.readouterr().out
+    reference = coat.create_model("coat_tiny", pretrained=authors_checkpoint("coat_tiny")).eval()
     converted = coat.load_model(dst).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(reference(x), converted(x))
     # an existing destination is never overwritten silently
-    assert main(["convert", str(official_checkpoint("coat_tiny")), str(dst)]) == 2
+    assert main(["convert", str(authors_checkpoint("coat_tiny")), str(dst)]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -50,8 +50,8 @@ def test_convert_bad_file_is_one_line_exit_2(tmp_path):
     assert str(bad) in result.stderr
 
 
-def test_convert_wrong_variant_exit_2(official_checkpoint, tmp_path, capsys):
-    code = main(["convert", str(official_checkpoint("coat_lite_tiny")), str(tmp_path / "o.safetensors"),
+def test_convert_wrong_variant_exit_2(authors_checkpoint, tmp_path, capsys):
+    code = main(["convert", str(authors_checkpoint("coat_lite_tiny")), str(tmp_path / "o.safetensors"),
                  "--model", "coat_lite_small"])
     assert code == 2
     assert "shapes differ" in capsys.readouterr().err

@@ -26,9 +26,9 @@ def shapes_sample(h, w, seed=0):
     return image, target
 
 
-def test_backbone_feature_maps_and_fpn(official_checkpoint):
-    backbone = coat_fpn_backbone("coat_lite_tiny", weights=official_checkpoint("coat_lite_tiny"))
-    reference = coat.create_model("coat_lite_tiny", pretrained=official_checkpoint("coat_lite_tiny")).eval()
+def test_backbone_feature_maps_and_fpn(authors_checkpoint):
+    backbone = coat_fpn_backbone("coat_lite_tiny", weights=authors_checkpoint("coat_lite_tiny"))
+    reference = coat.create_model("coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny")).eval()
     backbone.eval()
     x = torch.randn(1, 3, 96, 160)
     with torch.no_grad():

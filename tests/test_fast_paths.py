@@ -1,6 +1,7 @@
 """The speed seam: which implementation runs, fast paths equal to the reference, and what tools see."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,15 +10,15 @@ from torch.utils.flop_counter import FlopCounterMode
 import coat
 from coat import fast
 from coat.fast import cpu_inference, cpu_training
+from coat.fast.kernels import Kernels
+from coat.fast.trunk import run_trunk
 
 ALL = coat.list_models()
 
 
 def chosen(model, x):
     """Name of the implementation the seam picks for ``model(x)`` in the current modes."""
-    implementation = fast.implementation_for(model, x)
-    names = {path.run: path.name for path in fast.FAST_PATHS}
-    return names.get(implementation, "reference")
+    return fast.choose(model, x).name
 
 
 def test_the_seam_picks_a_path_only_where_it_was_measured():
@@ -51,6 +52,69 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
     with pytest.raises(ValueError, match="unknown fast paths"):
         with fast.only("gpu_magic"):
             pass
+
+
+def test_the_seam_says_why_the_reference_runs():
+    model = coat.create_model("coat_lite_tiny", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert fast.choose(model, x).reason == "every condition of the path holds"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reason = fast.choose(model, x).reason
+        assert "cpu_inference needs no CPU autocast" in reason and "cpu_training needs autograd on" in reason
+        with FlopCounterMode(display=False):
+            assert "TorchDispatchMode" in fast.choose(model, x).reason
+        with fast.only():
+            assert "switched off" in fast.choose(model, x).reason
+        handle = model.stages[0].blocks[1].mlp.register_forward_pre_hook(lambda *args: None)
+        assert "hooks" in fast.choose(model, x).reason
+        handle.remove()
+    model.train()
+    assert "cpu_training needs 256+ stage-1 tokens" in fast.choose(model, torch.randn(1, 3, 32, 32)).reason
+    attention_mode = coat.create_model("coat_tiny", num_classes=3, coscale="attention").eval()
+    with torch.no_grad():
+        assert "coscale in ('interpolate',) only, not 'attention'" in fast.choose(attention_mode, x).reason
+
+
+def test_hooks_on_containers_that_never_run_leave_the_fast_path_on():
+    """ptflops leaves forward hooks on model.stages and model.parallel_blocks (ModuleLists, never called)."""
+    model = coat.create_model("coat_tiny", num_classes=3).eval()
+    handles = [m.register_forward_hook(lambda *args: None)
+               for m in (model.stages, model.parallel_blocks, model.stages[1].blocks, model.parallel_blocks[0].attns)]
+    with torch.no_grad():
+        assert chosen(model, torch.randn(1, 3, 64, 64)) == "cpu_inference"
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.mark.parametrize("path", fast.FAST_PATHS, ids=lambda path: path.name)
+def test_every_path_declares_every_config_field(path):
+    """A CoaTConfig field no path has declared fails here: declare in each path which values its kernels run."""
+    assert set(path.config) == {field.name for field in dataclasses.fields(coat.CoaTConfig)}
+
+
+def test_a_field_a_path_was_not_written_for_runs_the_reference(monkeypatch):
+    undeclared = dataclasses.replace(cpu_inference.PATH, config={
+        name: values for name, values in cpu_inference.PATH.config.items() if name != "qkv_bias"})
+    monkeypatch.setattr(fast, "FAST_PATHS", (undeclared,))
+    model = coat.create_model("coat_lite_tiny", num_classes=3).eval()
+    with torch.no_grad():
+        choice = fast.choose(model, torch.randn(1, 3, 64, 64))
+    assert choice.name == "reference" and "not written for CoaTConfig.qkv_bias" in choice.reason
+
+
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_the_trunk_with_default_kernels_is_the_reference(name):
+    """trunk.run_trunk states the reference's order of work: with the reference's kernels it gives its numbers."""
+    model = coat.create_model(name, num_classes=3, drop_path_rate=0.1).train()
+    x = torch.randn(2, 3, 64, 96)
+    torch.manual_seed(1)
+    trunk_tokens, trunk_grids = run_trunk(model, x, Kernels())
+    torch.manual_seed(1)  # the same drop-path draws
+    reference_tokens, reference_grids = model.reference_tokens(x)
+    assert trunk_grids == reference_grids
+    for a, b in zip(trunk_tokens, reference_tokens):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 @pytest.mark.parametrize("chunk_elements", [2**20, 1], ids=["whole-batch", "one-sample-chunks"])
@@ -141,8 +205,9 @@ def test_fast_paths_never_write_into_the_input(grad):
 
 def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own_weights(monkeypatch):
     calls = []
-    eager_tokens = cpu_inference.tokens
-    monkeypatch.setattr(cpu_inference, "tokens", lambda model, x: calls.append(x.shape) or eager_tokens(model, x))
+    eager_blocks = cpu_inference.InferenceKernels.run_blocks
+    monkeypatch.setattr(cpu_inference.InferenceKernels, "run_blocks",
+                        lambda self, stage, x, block: calls.append(x.shape) or eager_blocks(self, stage, x, block))
     model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
     changed = copy.deepcopy(model)
     with torch.no_grad():
@@ -163,10 +228,10 @@ def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own
     ("coat_lite_tiny", "cpu_inference"), ("coat_tiny", "cpu_inference"),
     pytest.param("coat_lite_tiny", "reference", marks=pytest.mark.slow),  # Inductor compiles the modules: ~40 s
 ])
-def test_compiled_model_reproduces_the_fixture_logits(variant, path, official_checkpoint):
+def test_compiled_model_reproduces_the_fixture_logits(variant, path, authors_checkpoint):
     from test_parity import TOL, fixture
 
-    model = coat.create_model(variant, pretrained=official_checkpoint(variant)).eval()
+    model = coat.create_model(variant, pretrained=authors_checkpoint(variant)).eval()
     expected = fixture(variant)
     with torch.no_grad(), fast.only(*[name for name in [path] if name != "reference"]):
         logits = torch.compile(model, fullgraph=True)(expected["input"])
@@ -218,13 +283,13 @@ def test_training_gradients_equal_timm(name, recompute, speed_path, monkeypatch)
     pytest.importorskip("timm")
     monkeypatch.setattr(cpu_training, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
     from coat.bench import timm_pair
-    from coat.checkpoint import official_to_coat
+    from coat.checkpoint import authors_to_coat
 
     ours, peer = timm_pair(name, num_classes=10, img_size=(64, 96))
     x = torch.randn(2, 3, 64, 96)
     for model in (ours, peer):
         model.train()
         model(x).square().sum().backward()
-    peer_grads, _ = official_to_coat({n: p.grad for n, p in peer.named_parameters()})
+    peer_grads, _ = authors_to_coat({n: p.grad for n, p in peer.named_parameters()})
     for n, p in ours.named_parameters():
         assert torch.allclose(p.grad, peer_grads[n], atol=1e-5, rtol=1e-4), n

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import coat
-from coat.commands.model_commands import measured_gmacs
+from coat.complexity import count_gmacs
 
 pytestmark = pytest.mark.usefixtures("speed_path")  # every test here on the reference and the fast paths
 
@@ -27,7 +27,7 @@ def test_param_count_matches_paper(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_gmacs_match_paper_within_2_percent(name):
-    assert measured_gmacs(name) == pytest.approx(coat.VARIANTS[name].gmacs, rel=0.02)
+    assert count_gmacs(name) == pytest.approx(coat.VARIANTS[name].gmacs, rel=0.02)
 
 
 @pytest.mark.parametrize("name", ALL)

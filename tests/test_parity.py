@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fixture_weights import FIXTURES, official_state_dict
+from fixture_weights import FIXTURES, authors_state_dict
 from safetensors.torch import save_file
 
 import coat
@@ -32,7 +32,7 @@ def assert_matches_fixture(model, expected, grad=False, device="cpu"):
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
 def test_generated_weights_are_the_fixtures(variant):
-    state = official_state_dict(variant)
+    state = authors_state_dict(variant)
     expected = fixture(variant)
     total = sum(t.double().sum() for t in state.values())
     abs_total = sum(t.double().abs().sum() for t in state.values())
@@ -42,8 +42,8 @@ def test_generated_weights_are_the_fixtures(variant):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
-def test_official_checkpoint_reproduces_fixture(variant, device, official_checkpoint):
-    model = coat.create_model(variant, pretrained=official_checkpoint(variant))
+def test_authors_checkpoint_reproduces_fixture(variant, device, authors_checkpoint):
+    model = coat.create_model(variant, pretrained=authors_checkpoint(variant))
     assert_matches_fixture(model, fixture(variant), device=device)  # float32, PyTorch's default backend settings
 
 
@@ -51,7 +51,7 @@ def test_official_checkpoint_reproduces_fixture(variant, device, official_checkp
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_timm_format_reproduces_fixture(variant, suffix, tmp_path):
     unused = {"coat_lite_tiny": ("norm1", "norm2", "norm3"), "coat_tiny": ("norm1",)}[variant]
-    state = {k: v for k, v in official_state_dict(variant).items() if k.split(".")[0] not in unused}
+    state = {k: v for k, v in authors_state_dict(variant).items() if k.split(".")[0] not in unused}
     path = tmp_path / f"timm{suffix}"
     if suffix == ".pth":
         torch.save(state, path)
@@ -64,22 +64,22 @@ def test_timm_format_reproduces_fixture(variant, suffix, tmp_path):
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
-def test_fixture_with_autograd_on(variant, official_checkpoint):
-    assert_matches_fixture(coat.create_model(variant, pretrained=official_checkpoint(variant)), fixture(variant),
+def test_fixture_with_autograd_on(variant, authors_checkpoint):
+    assert_matches_fixture(coat.create_model(variant, pretrained=authors_checkpoint(variant)), fixture(variant),
                            grad=True)
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
-def test_own_format_round_trip_reproduces_fixture(variant, official_checkpoint, tmp_path):
-    model = coat.create_model(variant, pretrained=official_checkpoint(variant))
+def test_own_format_round_trip_reproduces_fixture(variant, authors_checkpoint, tmp_path):
+    model = coat.create_model(variant, pretrained=authors_checkpoint(variant))
     path = coat.save_checkpoint(model, tmp_path / "ours.safetensors")
     assert_matches_fixture(coat.load_model(path), fixture(variant))
     assert_matches_fixture(coat.create_model(variant, pretrained=path), fixture(variant))
 
 
 def test_shared_module_aliases_resolve_to_the_copy_the_authors_loader_keeps():
-    state, notes = coat.checkpoint.official_to_coat(official_state_dict("coat_tiny"))
-    source = official_state_dict("coat_tiny")
+    state, notes = coat.checkpoint.authors_to_coat(authors_state_dict("coat_tiny"))
+    source = authors_state_dict("coat_tiny")
     # serial stack 1 has 2 blocks: the last block's alias wins over cpe1
     assert torch.equal(state["stages.0.cpe.proj.weight"], source["serial_blocks1.1.cpe.proj.weight"])
     # crpe2..4 are last seen inside parallel block 5

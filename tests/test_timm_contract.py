@@ -67,10 +67,10 @@ def test_stop_early_and_nhwc(name):
 
 
 @pytest.mark.parametrize("in_chans", [1, 6, 4])
-def test_rgb_weights_into_other_input_channels(official_checkpoint, in_chans, caplog):
-    rgb = coat.create_model("coat_lite_tiny", pretrained=official_checkpoint("coat_lite_tiny")).eval()
+def test_rgb_weights_into_other_input_channels(authors_checkpoint, in_chans, caplog):
+    rgb = coat.create_model("coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny")).eval()
     with caplog.at_level("INFO"):
-        model = coat.create_model("coat_lite_tiny", pretrained=official_checkpoint("coat_lite_tiny"),
+        model = coat.create_model("coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny"),
                                   in_chans=in_chans).eval()
     assert f"from 3 to {in_chans} input channels" in caplog.text
     assert model.pretrained_cfg["input_size"][0] == in_chans
@@ -126,9 +126,9 @@ def test_features_only_model(name):
     assert len(scale_1.model.stages) == 1 and not scale_1.model.parallel_blocks  # nothing else is computed
 
 
-def test_features_only_with_weights(official_checkpoint):
-    reference = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny")).eval()
-    features = coat.create_model("coat_tiny", pretrained=official_checkpoint("coat_tiny"), features_only=True).eval()
+def test_features_only_with_weights(authors_checkpoint):
+    reference = coat.create_model("coat_tiny", pretrained=authors_checkpoint("coat_tiny")).eval()
+    features = coat.create_model("coat_tiny", pretrained=authors_checkpoint("coat_tiny"), features_only=True).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(features(x), reference.forward_intermediates(x, intermediates_only=True)):

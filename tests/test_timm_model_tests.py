@@ -56,13 +56,13 @@ def test_default_cfg_and_non_standard_sizes(name, size):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_pretrained_into_one_channel_and_other_classes(name, official_checkpoint):
-    model = coat.create_model(name, pretrained=official_checkpoint(name), in_chans=1, num_classes=5).eval()
+def test_pretrained_into_one_channel_and_other_classes(name, authors_checkpoint):
+    model = coat.create_model(name, pretrained=authors_checkpoint(name), in_chans=1, num_classes=5).eval()
     assert model.pretrained_cfg["input_size"][0] == 1 and model.num_classes == 5
     with torch.no_grad():
         out = model(torch.randn(BATCH, 1, *SMALL))
     assert out.shape == (BATCH, 5) and torch.isfinite(out).all()
-    features = coat.create_model(name, pretrained=official_checkpoint(name), features_only=True).eval()
+    features = coat.create_model(name, pretrained=authors_checkpoint(name), features_only=True).eval()
     with torch.no_grad():
         maps = features(torch.randn(BATCH, 3, *SMALL))
     assert [m.shape[1] for m in maps] == features.feature_info.channels()

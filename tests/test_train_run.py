@@ -218,14 +218,14 @@ def test_existing_run_is_not_overwritten(image_folder, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # only run files are replaced
 
 
-def test_pretrained_of_another_variant(image_folder, official_checkpoint, tmp_path):
+def test_pretrained_of_another_variant(image_folder, authors_checkpoint, tmp_path):
     _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"),
-                             "--pretrained", str(official_checkpoint("coat_tiny")), *TINY), "does not fit")
+                             "--pretrained", str(authors_checkpoint("coat_tiny")), *TINY), "does not fit")
 
 
-def test_fine_tune_from_pretrained_reinitialises_head(image_folder, official_checkpoint, tmp_path):
+def test_fine_tune_from_pretrained_reinitialises_head(image_folder, authors_checkpoint, tmp_path):
     assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1",
-                 "--pretrained", str(official_checkpoint("coat_lite_tiny")), *TINY]) == 0
+                 "--pretrained", str(authors_checkpoint("coat_lite_tiny")), *TINY]) == 0
     assert coat.load_model(tmp_path / "o" / "best.safetensors").head.weight.shape == (3, 320)
 
 

@@ -90,7 +90,7 @@ def path_logits(model, x):
     """Logits through the cuda_triton path's trunk (called directly: on CPU the seam never picks it)."""
     from coat.fast import cuda_triton
 
-    tokens, _ = cuda_triton.tokens(model, x)
+    tokens, _ = cuda_triton.PATH.tokens(model, x)
     return model.forward_head(model.head_features(tokens))
 
 
@@ -113,12 +113,12 @@ def test_the_cuda_triton_path_equals_the_reference_values_and_gradients(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["coat_tiny"])  # serial and parallel blocks: every kernel call site
-def test_the_cuda_triton_path_reproduces_the_fixtures(variant, official_checkpoint):
+def test_the_cuda_triton_path_reproduces_the_fixtures(variant, authors_checkpoint):
     import coat
     from fixture_weights import FIXTURES
 
     expected = torch.load(FIXTURES / f"{variant}_224x224.pt", weights_only=True)
-    model = coat.create_model(variant, pretrained=official_checkpoint(variant)).to(DEVICE).eval()
+    model = coat.create_model(variant, pretrained=authors_checkpoint(variant)).to(DEVICE).eval()
     with torch.no_grad():
         logits = path_logits(model, expected["input"].to(DEVICE)).cpu()
     assert (logits - expected["logits"]).abs().max().item() < 1e-4

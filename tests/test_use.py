@@ -14,7 +14,7 @@ import coat
 from coat.cli import main
 from coat.data.preprocessing import Preprocessing
 from coat.export import export_onnx, onnx_parity
-from fixture_weights import official_state_dict
+from fixture_weights import authors_state_dict
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -69,8 +69,8 @@ def test_predict_csv_table_and_glob(trained_checkpoint, images, capsys):
     assert "0.png" in capsys.readouterr().out
 
 
-def test_thousand_class_checkpoint_gets_imagenet_names(official_checkpoint, images, capsys):
-    assert main(["predict", str(images / "0.png"), "--checkpoint", str(official_checkpoint("coat_lite_tiny")),
+def test_thousand_class_checkpoint_gets_imagenet_names(authors_checkpoint, images, capsys):
+    assert main(["predict", str(images / "0.png"), "--checkpoint", str(authors_checkpoint("coat_lite_tiny")),
                  "--json"]) == 0
     labels = {t["label"] for t in json.loads(capsys.readouterr().out)[0]["topk"]}
     names = coat.inference.imagenet_class_names()
@@ -157,7 +157,7 @@ def test_torch_hub_local():
 
 def _hub_folder(folder: Path, with_names: bool) -> Path:
     folder.mkdir(parents=True)
-    state = {k: v.clone() for k, v in official_state_dict("coat_lite_tiny").items()
+    state = {k: v.clone() for k, v in authors_state_dict("coat_lite_tiny").items()
              if k.split(".")[0] not in ("norm1", "norm2", "norm3")}
     save_file(state, str(folder / "model.safetensors"))
     config = {"architecture": "coat_lite_tiny", "num_classes": 1000}

@@ -17,12 +17,12 @@ from safetensors.torch import save_file
 
 import coat
 from coat import weights as weights_table
-from coat.checkpoint import Checkpoint, official_to_coat
+from coat.checkpoint import Checkpoint, authors_to_coat
 from coat.cli import main
 from coat.download import DownloadError
 from coat.inference import imagenet_class_names
 from coat.weights import WEIGHTS, Weights, get_weights
-from fixture_weights import official_state_dict
+from fixture_weights import authors_state_dict
 
 AUTHORS_FILES = ["coat_lite_tiny_e88e96b0.pth", "coat_lite_mini_6b4a8ae5.pth", "coat_lite_small_8d362f48.pth",
                  "coat_lite_medium_a750cd63.pth", "coat_lite_medium_384x384_f9129688.pth", "coat_tiny_c6efc33c.pth",
@@ -86,12 +86,12 @@ def server(tmp_path, monkeypatch):
 
 def _authors_bytes(tmp_path: Path, variant: str = "coat_lite_tiny") -> bytes:
     path = tmp_path / "authors.pth"
-    torch.save({"model": official_state_dict(variant), "epoch": 299}, path)
+    torch.save({"model": authors_state_dict(variant), "epoch": 299}, path)
     return path.read_bytes()
 
 
 def _timm_bytes(tmp_path: Path, variant: str = "coat_lite_tiny") -> bytes:
-    state = {k: v.contiguous() for k, v in official_state_dict(variant).items()
+    state = {k: v.contiguous() for k, v in authors_state_dict(variant).items()
              if k.split(".")[0] not in ("norm1", "norm2", "norm3")}
     save_file(state, str(tmp_path / "timm.safetensors"))
     return (tmp_path / "timm.safetensors").read_bytes()
@@ -108,8 +108,8 @@ def _test_entry(monkeypatch, data: bytes, prefix: str | None = None) -> Weights:
 
 def _fixture_model() -> coat.CoaT:
     """The fixture weights, loaded without any download."""
-    state, _ = official_to_coat(official_state_dict("coat_lite_tiny"))
-    return coat.create_model("coat_lite_tiny", pretrained=Checkpoint(state, "official"))
+    state, _ = authors_to_coat(authors_state_dict("coat_lite_tiny"))
+    return coat.create_model("coat_lite_tiny", pretrained=Checkpoint(state, "authors"))
 
 
 # ---------------------------------------------------------------------------- the table

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoint import load_state_into, official_to_coat
+from .checkpoint import load_state_into, authors_to_coat
 from .extras import require
 from .factory import create_model, list_models
 
@@ -83,7 +83,7 @@ def timm_pair(name: str, **timm_kwargs: object) -> tuple[nn.Module, nn.Module]:
 
     peer = timm.create_model(name, **timm_kwargs)
     ours = create_model(name, num_classes=peer.num_classes)
-    state, _ = official_to_coat(peer.state_dict())
+    state, _ = authors_to_coat(peer.state_dict())
     load_state_into(ours, state, source=f"timm {name}")
     return ours, peer
 

@@ -5,7 +5,7 @@ authors' key names without the unused norms), ours (safetensors whose metadata h
 and the preprocessing), Hugging Face model folders, ``hf-hub:ORG/NAME[@REVISION]`` and the names
 of released weights (``coat.weights``), both fetched through ``coat.download``. Files are never
 unpickled beyond plain tensors (``torch.load(weights_only=True)``).
-The authors' key names are mapped to ours by ``official_to_coat``; nothing in the module tree
+The authors' key names are mapped to ours by ``authors_to_coat``; nothing in the module tree
 depends on them.
 """
 
@@ -45,7 +45,7 @@ class Checkpoint:
     """Weights in our key names plus what the file said about itself."""
 
     state_dict: dict[str, torch.Tensor]
-    source_format: str  # "coat", "official" or "timm"
+    source_format: str  # "coat", "authors" or "timm"
     config: CoaTConfig | None = None  # only our own files carry one
     variant: str | None = None
     preprocessing: Preprocessing | None = None  # from our metadata, timm's config.json or the weights table
@@ -106,8 +106,8 @@ def _read(path: str | os.PathLike) -> Checkpoint:
     if "patch_embed1.proj.weight" not in tensors:
         sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
         raise CheckpointError(f"{path} is not a CoaT checkpoint: no patch_embed1/stages keys (found {sample})")
-    source = "official" if "norm1.weight" in tensors else "timm"  # timm drops the unused norms
-    state, notes = official_to_coat(tensors)
+    source = "authors" if "norm1.weight" in tensors else "timm"  # timm drops the unused norms
+    state, notes = authors_to_coat(tensors)
     return Checkpoint(state, source, metadata=metadata, notes=notes)
 
 
@@ -203,7 +203,7 @@ def _parallel_scale(s: str) -> int:
 _Rank = tuple[int, int, int]
 _Rule = Callable[[re.Match], tuple[str, _Rank]]
 _TOP: _Rank = (0, 0, 0)
-_OFFICIAL_RULES: list[tuple[str, _Rule]] = [
+_AUTHORS_RULES: list[tuple[str, _Rule]] = [
     (r"patch_embed(\d)\.(.*)", lambda m: (f"stages.{_stage(m[1])}.patch_embed.{m[2]}", _TOP)),
     (r"cls_token(\d)", lambda m: (f"stages.{_stage(m[1])}.cls_token", _TOP)),
     (r"cpe(\d)\.(.*)", lambda m: (f"stages.{_stage(m[1])}.cpe.{m[2]}", _TOP)),
@@ -226,7 +226,7 @@ _OFFICIAL_RULES: list[tuple[str, _Rule]] = [
 ]
 
 
-def official_to_coat(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def authors_to_coat(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map the authors' (or timm's) key names to ours; returns the new dict and what changed.
 
     Aliases of shared modules collapse to one tensor (the copy the authors' loader keeps), and
@@ -248,7 +248,7 @@ def official_to_coat(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
                 continue
             target, rank = f"head_norms.{head_norm_scales.index(scale)}.{norm[2]}", _TOP
         else:
-            target, rank = next((rule(m) for pattern, rule in _OFFICIAL_RULES if (m := re.fullmatch(pattern, key))),
+            target, rank = next((rule(m) for pattern, rule in _AUTHORS_RULES if (m := re.fullmatch(pattern, key))),
                                 (key, _TOP))
         if target not in ranked or rank >= ranked[target][0]:
             ranked[target] = (rank, value)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputExistsError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place; returns ``path``."""
@@ -47,3 +49,10 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    """Raise ``OutputExistsError`` naming the first of ``paths`` that exists, unless ``overwrite``."""
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite or another --output")

@@ -4,7 +4,7 @@ Two sources per variant: ``VARIANT.in1k``, timm's safetensors copy on the Huggin
 (``timm/VARIANT.in1k``, the default), and ``VARIANT.authors``, the authors' ``.pth`` release whose
 name carries the first 8 hex digits of its SHA-256. Each entry says how to preprocess images for
 it (timm evaluates its copies at crop 0.9, the authors at 0.875), what accuracy was reported, and
-where the file comes from; ``coat.hub`` downloads and verifies it.
+where the file comes from; ``coat.download`` fetches and verifies it.
 """
 
 from __future__ import annotations

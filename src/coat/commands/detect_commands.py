@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
-from ..errors import OutputExistsError, UsageError
+from ..errors import OutputExistsError
 
 _HELP = {
     "train_images": "folder of the training images (file_name in the annotations is relative to it)",
@@ -84,81 +79,31 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite or another --output")
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from ..detection.coco_eval import evaluate_detector
-    from ..detection.data import CocoDetectionSet, collate_detection, detection_transform, read_coco
-    from ..detection.weights import load_detector
-    from ..train.distributed import pick_device
+    from ..detection.inference import evaluate_detector_checkpoint
 
-    output = args.output or Path(args.checkpoint).resolve().parent / "eval"
-    results_path, detections_path = output / "results.json", output / "detections.json"
-    _refuse_overwrite([results_path, detections_path], args.overwrite)
-    model, spec = load_detector(args.checkpoint)
-    index = read_coco(args.annotations, args.images, args.skip_corrupt)
-    if index.category_ids != spec.category_ids:
-        raise UsageError(f"{args.annotations} lists categories {index.category_ids} but the checkpoint detects "
-                         f"{spec.category_ids}; evaluate on data with the training categories")
-    with_masks = spec.detector == "maskrcnn" and index.has_masks  # without ground-truth masks, boxes only
-    device = pick_device(args.device)
-    dataset = CocoDetectionSet(index, detection_transform(0.0), with_masks=False,  # COCOeval reads the JSON's
-                               skip_corrupt=args.skip_corrupt)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_detection)
-    metrics, detections = evaluate_detector(model.to(device), loader, device, index.coco, spec.category_ids,
-                                            with_masks, progress="eval")
-    output.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(args.checkpoint), "images_folder": str(args.images),
-              "annotations": str(args.annotations), "missing_images": len(index.missing_images),
-              "degenerate_boxes_dropped": index.dropped_boxes, **metrics}
-    results_path.write_text(json.dumps(record, indent=2) + "\n")
-    detections_path.write_text(json.dumps(detections) + "\n")
+    report = evaluate_detector_checkpoint(args.checkpoint, args.images, args.annotations, output=args.output,
+                                          batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                          skip_corrupt=args.skip_corrupt, overwrite=args.overwrite)
+    metrics = report.metrics
     shown = "  ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k.endswith(("_ap", "_ap50", "_ap75"))
                       and v is not None)
-    skipped = metrics["skipped"] + len(index.missing_images)
+    skipped = metrics["skipped"] + report.missing_images
     print(f"{shown}  on {metrics['images']} images{f' ({skipped} skipped)' if skipped else ''}; wrote "
-          f"{results_path} and {detections_path}")
+          f"{report.results_path} and {report.detections_path}")
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..data.datasets import load_rgb
-    from ..detection.coco_eval import to_coco_results
-    from ..detection.draw import draw_detections, keep_confident
-    from ..detection.weights import load_detector
-    from ..inference import find_images
-    from ..train.distributed import pick_device
+    from ..detection.inference import predict_detections
 
-    if not 0 <= args.score_threshold <= 1:
-        raise UsageError("--score-threshold must be in [0, 1]")
-    paths = find_images(args.inputs)
-    pictures = [args.output / f"{path.stem}.png" for path in paths]
-    if len(set(pictures)) < len(pictures):
-        raise UsageError("two inputs share a file name stem, so their pictures would collide; predict them apart")
-    json_path = args.output / "detections.json"
-    _refuse_overwrite([json_path, *pictures], args.overwrite)
-    model, spec = load_detector(args.checkpoint)
-    device = pick_device(args.device)
-    model.to(device)
-    args.output.mkdir(parents=True, exist_ok=True)
-    results, counts = [], []
-    with torch.no_grad():
-        for image_id, (path, picture) in enumerate(tqdm(list(zip(paths, pictures)), desc="detect", leave=False), 1):
-            image = TF.pil_to_tensor(load_rgb(str(path)))  # [3, H, W] uint8
-            output = keep_confident(model([TF.to_dtype(image, torch.float32, scale=True).to(device)])[0],
-                                    args.score_threshold)
-            output = {k: v.cpu() for k, v in output.items()}
-            TF.to_pil_image(draw_detections(image, output, spec.class_names)).save(picture)
-            results += [{**r, "file_name": str(path)} for r in to_coco_results(output, image_id, spec.category_ids)]
-            counts.append(len(output["scores"]))
-    json_path.write_text(json.dumps(results) + "\n")
-    for path, picture, count in zip(paths, pictures, counts):
-        print(f"{path}: {count} detection(s) -> {picture}")
-    print(f"wrote {json_path} ({len(results)} detections, COCO results format, score >= {args.score_threshold})")
+    predictions, json_path = predict_detections(args.inputs, args.checkpoint, args.output,
+                                                score_threshold=args.score_threshold, device=args.device,
+                                                overwrite=args.overwrite)
+    for image in predictions:
+        print(f"{image.path}: {len(image.results)} detection(s) -> {image.picture}")
+    total = sum(len(image.results) for image in predictions)
+    print(f"wrote {json_path} ({total} detections, COCO results format, score >= {args.score_threshold})")
     return 0
 
 

@@ -6,15 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..factory import create_model, infer_variant, variant_config
-from ..models.coat import CoaT
-from ..models.config import VARIANTS
-from ..weights import list_weights
+from ..complexity import variant_summaries
 from ..errors import OutputExistsError
+from ..factory import create_model, infer_variant
+from ..models.config import VARIANTS
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -31,33 +27,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     convert.set_defaults(func=run_convert)
 
 
-def measured_gmacs(name: str, size: int | None = None) -> float:
-    """Multiply-accumulates of one forward pass, counted on the meta device (no compute)."""
-    config = variant_config(name)
-    size = size or VARIANTS[name].input_size
-    with torch.device("meta"):
-        model = CoaT(config)
-        x = torch.empty(1, 3, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 2e9
-
-
-def variant_rows(names: list[str]) -> list[dict]:
-    rows = []
-    for name in names:
-        info = VARIANTS[name]
-        with torch.device("meta"):
-            params = sum(p.numel() for p in CoaT(info.config).parameters())
-        rows.append({"name": name, "params_m": round(params / 1e6, 2), "gmacs": round(measured_gmacs(name), 2),
-                     "input_size": info.input_size, "weights": list_weights(name), "paper_top1": info.top1,
-                     "paper_params_m": info.params_m, "paper_gmacs": info.gmacs,
-                     "kind": "CoaT-Lite" if info.config.is_lite else "CoaT"})
-    return rows
-
-
 def run_info(args: argparse.Namespace) -> int:
-    rows = variant_rows([args.name] if args.name else list(VARIANTS))
+    rows = variant_summaries([args.name] if args.name else list(VARIANTS))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data.datasets import collate_skipping_none, eval_split
-from ..inference import load_for_inference
+from ..evaluation import evaluate_checkpoint
 from ..models.config import VARIANTS
-from ..train.classify import evaluate, fit
+from ..train.classify import fit
 from ..train.config import RECIPES, TrainConfig, resolve
-from ..train.distributed import pick_device
 from .config_flags import add_config_flags, given_flags
-from ..errors import OutputExistsError, UsageError
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",
@@ -70,54 +62,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    loaded = load_for_inference(args.checkpoint, args.model)
-    model, class_names, cfg = loaded.model, loaded.class_names, loaded.model.config
-    used = model.preprocessing.replace(input_size=args.input_size, crop_pct=args.crop_pct)
-    transform = used.transforms()
-    dataset = eval_split(args.data, transform, args.skip_corrupt)
-    if hasattr(dataset, "classes") and len(dataset.classes) != cfg.num_classes:
-        raise UsageError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {cfg.num_classes}; "
-                         "evaluate on data with the same classes")
-    output = args.output or Path(args.checkpoint).resolve().parent / "eval"
-    results_path = output / "results.json"
-    if results_path.exists() and not args.overwrite:
-        raise OutputExistsError(f"{results_path} already exists; pass --overwrite or another --output")
-    device = pick_device(args.device)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skipping_none)
-    result = evaluate(model.to(device), loader, device, cfg.num_classes, progress="eval")
-    output.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(args.checkpoint), "data": args.data or "embedded held-out split",
-              "images": result.count, "skipped_images": result.skipped, "top1": result.top1, "top5": result.top5,
-              "loss": result.loss, "preprocessing": dataclasses.asdict(used),
-              "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
-              "confusion_matrix": result.confusion.tolist()}
-    results_path.write_text(json.dumps(record, indent=2) + "\n")
-    plot_confusion(result.confusion, class_names, output / "confusion.png")
+    report = evaluate_checkpoint(
+        args.checkpoint, args.data, model_name=args.model, input_size=args.input_size, crop_pct=args.crop_pct,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, skip_corrupt=args.skip_corrupt,
+        output=args.output, overwrite=args.overwrite)
+    result = report.result
     print(f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  loss {result.loss:.4f}  on {result.count} images"
-          f"{f' ({result.skipped} skipped)' if result.skipped else ''}; wrote {results_path} and {output / 'confusion.png'}")
+          f"{f' ({result.skipped} skipped)' if result.skipped else ''}; wrote {report.results_path} and "
+          f"{report.confusion_path}")
     return 0
-
-
-def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
-    from ..extras import pyplot
-
-    plt = pyplot()
-    n = len(class_names)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * n, 20), min(2 + 0.5 * n, 20)))
-    rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    if n <= 40:
-        ax.set_xticks(range(n), class_names, rotation=90)
-        ax.set_yticks(range(n), class_names)
-        if n <= 20:
-            for i in range(n):
-                for j in range(n):
-                    if confusion[i, j]:
-                        ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

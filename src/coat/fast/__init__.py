@@ -1,7 +1,9 @@
 """The speed seam: faster implementations of the reference model's math, chosen once per forward.
 
-``CoaT.forward_tokens`` (the whole trunk: stages and parallel blocks) asks ``implementation_for``
-which implementation runs the call; everything else in the model is the reference modules.
+``CoaT.forward_tokens`` (the whole trunk: stages and parallel blocks) asks ``choose`` which
+implementation runs the call; everything else in the model is the reference modules. Each fast path
+is a ``FastPath``: kernels for the trunk's pieces (``kernels``), run in the order ``trunk`` states once,
+the calls it serves and the ``CoaTConfig`` values it was written for.
 
 - ``cpu_inference``: CPU, float32, no autograd, eval mode, no autocast, the released co-scale mode;
   eager, or inside ``torch.compile`` as one registered operator. Measured on 2-core AMD EPYC (AVX2)
@@ -12,15 +14,15 @@ which implementation runs the call; everything else in the model is the referenc
   Triton kernels. Used only inside ``only("cuda_triton")`` until a GPU run of ``benchmarks/gpu.py``
   shows where it pays.
 
-Everything else runs the reference modules: other devices and dtypes, autocast, TorchScript, ONNX
-export, FX, ``torch.export``, ``torch.compile`` of training, any active ``TorchDispatchMode``
-(``FlopCounterMode``, fake tensors), tensor subclasses, and models with hooks on their stages or
-parallel blocks (hooks then see the modules run). A fast path never writes into a tensor that the
-caller or a hook can hold; the ops it runs are true ATen ops, which ``torch.profiler`` records.
+Everything else runs the reference modules, and ``choose(model, x).reason`` says why: tools that
+record or inspect the ops (TorchScript, ONNX export, FX, ``torch.export``, compiled training, any
+active ``TorchDispatchMode`` such as ``FlopCounterMode``, tensor subclasses), hooks on modules that
+run in the trunk (hooks then see the modules run), pruned models, and calls no path serves.
 
 ``only()`` limits the seam to the reference (or to named fast paths, opt-in ones included), as
 ``torch.nn.attention.sdpa_kernel`` does for attention kernels::
 
+    coat.fast.choose(model, images)        # Choice(name='cpu_inference', reason='...')
     with coat.fast.only():                 # the reference modules, whatever the device and mode
         logits = model(images)
     with coat.fast.only("cuda_triton"):    # the Triton context kernels on CUDA
@@ -31,36 +33,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+# No public API tells whether a TorchDispatchMode is active (FlopCounterMode, fake tensors, ...).
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from ..errors import UsageError
 from . import compiled, cpu_inference, cpu_training, cuda_triton
+from .path import FastPath, Tokens
 
-Tokens = tuple[list[torch.Tensor], list[tuple[int, int]]]
 Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
+
+FAST_PATHS: tuple[FastPath, ...] = (cpu_inference.PATH, cpu_training.PATH, cuda_triton.PATH)
+NAMES = tuple(path.name for path in FAST_PATHS)
+_allowed: frozenset[str] = frozenset(path.name for path in FAST_PATHS if path.measured)
 
 
 @dataclass(frozen=True)
-class FastPath:
-    """A faster implementation of ``forward_tokens``, where it applies, and whether it was measured to pay
-    there (unmeasured paths run only where ``only()`` names them)."""
+class Choice:
+    """The implementation that runs a call (``"reference"`` or a fast path's name) and why."""
 
     name: str
-    applies: Callable[[nn.Module, torch.Tensor], bool]
-    run: Implementation
-    measured: bool = True
-
-
-FAST_PATHS = (
-    FastPath("cpu_inference", cpu_inference.applies, cpu_inference.tokens),
-    FastPath("cpu_training", cpu_training.applies, cpu_training.tokens),
-    FastPath("cuda_triton", cuda_triton.applies, cuda_triton.tokens, measured=False),
-)
-NAMES = tuple(path.name for path in FAST_PATHS)
-_allowed: frozenset[str] = frozenset(path.name for path in FAST_PATHS if path.measured)
+    reason: str
+    run: Implementation = field(repr=False, compare=False)
 
 
 def reference(model: nn.Module, x: torch.Tensor) -> Tokens:
@@ -68,42 +66,55 @@ def reference(model: nn.Module, x: torch.Tensor) -> Tokens:
     return model.reference_tokens(x)
 
 
-def implementation_for(model: nn.Module, x: torch.Tensor) -> Implementation:
-    """The implementation that runs ``model.forward_tokens(x)``: a fast path where one applies, else the reference."""
-    if _reference_required(model, x):
-        return reference
+def choose(model: nn.Module, x: torch.Tensor) -> Choice:
+    """Which implementation runs ``model.forward_tokens(x)`` in the current modes, and why."""
+    required = _reference_required(model, x)
+    if required:
+        return Choice("reference", required, reference)
     if torch.compiler.is_compiling():  # eager fast paths are opaque to the compiler: only as a registered operator
-        inference = "cpu_inference" in _allowed and cpu_inference.applies(model, x)
-        return compiled.cpu_inference_tokens if inference else reference
+        path = cpu_inference.PATH
+        why_not = path.why_not(model, x) if path.name in _allowed else "is switched off by coat.fast.only()"
+        if why_not is None:
+            return Choice(path.name, "compiled: runs as the operator coat::cpu_inference_tokens",
+                          compiled.cpu_inference_tokens)
+        return Choice("reference", f"torch.compile traces the reference modules ({path.name} {why_not})", reference)
+    reasons = []
     for path in FAST_PATHS:
-        if path.name in _allowed and path.applies(model, x):
-            return path.run
-    return reference
+        why_not = path.why_not(model, x) if path.name in _allowed else "is not enabled (coat.fast.only)"
+        if why_not is None:
+            return Choice(path.name, "every condition of the path holds", path.tokens)
+        reasons.append(f"{path.name} {why_not}")
+    return Choice("reference", "no fast path serves this call: " + "; ".join(reasons), reference)
 
 
-def _reference_required(model: nn.Module, x: torch.Tensor) -> bool:
-    """Tools that record or inspect the ops, and hooks that expect the modules to run, get the reference."""
-    return (
-        not _allowed
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-        or torch.compiler.is_exporting()
-        or (not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False))
-        or torch.overrides.has_torch_function((x,))
-        or _has_hooks(model)
-        or len(model.stages) < 4  # pruned (prune_intermediate_layers): the fast paths run all four scales
+def _reference_required(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why the reference must run whatever the paths serve (tools that record or inspect the ops, hooks that
+    expect the modules to run, pruned models), or None."""
+    checks: tuple[tuple[str, Callable[[], bool]], ...] = (
+        ("the fast paths are switched off (coat.fast.only())", lambda: not _allowed),
+        ("TorchScript scripting or tracing", lambda: torch.jit.is_scripting() or torch.jit.is_tracing()),
+        ("ONNX export", torch.onnx.is_in_onnx_export),
+        ("torch.export", torch.compiler.is_exporting),
+        ("a tensor subclass or proxy (FX tracing, __torch_function__)", lambda: torch.overrides.has_torch_function((x,))),
+        ("a TorchDispatchMode is active (FlopCounterMode, fake tensors, ...)",
+         lambda: not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False)),
+        ("hooks are registered on modules of the trunk (they see the reference modules run)", lambda: _has_hooks(model)),
+        ("the model is pruned (prune_intermediate_layers); the fast paths run four scales",
+         lambda: len(model.stages) < 4),
     )
+    return next((reason for reason, holds in checks if holds()), None)
 
 
 def _has_hooks(model: nn.Module) -> bool:
-    """True if a forward or backward hook is registered on any stage or parallel block (or globally)."""
-    trunk = [*model.stages.modules(), *model.parallel_blocks.modules()]
-    global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks,
-                    nn.modules.module._global_backward_hooks, nn.modules.module._global_backward_pre_hooks)
+    """True if a forward or backward hook is registered globally or on a module that runs in the trunk (the
+    containers ``nn.ModuleList`` / ``nn.ModuleDict`` never run, so their hooks never fire)."""
+    module_api = nn.modules.module  # no public API reads the global hooks
+    global_hooks = (module_api._global_forward_hooks, module_api._global_forward_pre_hooks,
+                    module_api._global_backward_hooks, module_api._global_backward_pre_hooks)
+    running = [m for m in (*model.stages.modules(), *model.parallel_blocks.modules())
+               if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
     return any(global_hooks) or any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in trunk
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in running
     )
 
 
@@ -113,7 +124,7 @@ def only(*names: str) -> Iterator[None]:
     global _allowed
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
-        raise ValueError(f"unknown fast paths {unknown}; known: {list(NAMES)}")
+        raise UsageError(f"unknown fast paths {unknown}; known: {list(NAMES)}")
     previous, _allowed = _allowed, frozenset(names)
     try:
         yield

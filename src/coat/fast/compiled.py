@@ -20,14 +20,14 @@ _skeletons = threading.local()
 
 
 class _EagerTokens(nn.Module):
-    """``cpu_inference.tokens`` of the wrapped model, as a module for ``torch.func.functional_call``."""
+    """``cpu_inference.PATH.tokens`` of the wrapped model, as a module for ``torch.func.functional_call``."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return cpu_inference.tokens(self.model, x)[0]
+        return cpu_inference.PATH.tokens(self.model, x)[0]
 
 
 def _trunk_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -52,7 +52,7 @@ def _skeleton(config_json: str) -> tuple[_EagerTokens, list[str]]:
 @torch.library.custom_op("coat::cpu_inference_tokens", mutates_args=())
 def _tokens_op(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
                num_image_tokens: list[int]) -> list[torch.Tensor]:
-    """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``cpu_inference.tokens``."""
+    """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``cpu_inference.PATH.tokens``."""
     skeleton, names = _skeleton(config_json)
     return torch.func.functional_call(skeleton, dict(zip(names, weights)), (x,))
 
@@ -70,7 +70,7 @@ def _config_json(model: nn.Module) -> str:
 
 
 def cpu_inference_tokens(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """``cpu_inference.tokens`` through the operator (what ``torch.compile`` records)."""
+    """``cpu_inference.PATH.tokens`` through the operator (what ``torch.compile`` records)."""
     grids, (height, width) = [], x.shape[2:]
     for patch in model.config.patch_sizes:  # floor division per stage, as the patch convolutions do
         height, width = height // patch, width // patch

@@ -14,16 +14,16 @@ Nothing is written in place into a tensor autograd or a caller holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..models.layers import ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .grouped_conv import GroupedDepthwiseConv
+from .kernels import Kernels, ScaleAttention, ValueEncoder, factorized_attention
+from .path import SIZE_FIELDS, Condition, FastPath
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
-from .trunk import ValueEncoder, factorized_attention, run_trunk
 
 # The MLP recomputes only where its hidden activations fill at least 4 tiles (8 MiB): below that the memory
 # saved is small and the recomputation costs time (coat_lite_tiny, batch 64 at 32x32, median step: 470 ms
@@ -36,54 +36,44 @@ RECOMPUTE_MIN_HIDDEN_ELEMENTS = 4 * TILE_HIDDEN_ELEMENTS
 MIN_STAGE1_TOKENS = 256
 
 
-def applies(model: nn.Module, x: torch.Tensor) -> bool:
-    """CPU float32 with autograd on (no autocast), the released co-scale mode, inputs of 16x16+ stage-1 tokens."""
+class TrainingKernels(Kernels):
+    """A recomputing row-tiled MLP, CRPE as one autograd function, resizes with contiguous gradients."""
+
+    def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
+        encode_values = _grouped_crpe(crpe)
+        return lambda attn, x, grid: factorized_attention(attn, x, grid, encode_values, False)
+
+    def add_mlp(self, x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module, drop_path: nn.Module) -> torch.Tensor:
+        return x + drop_path(_mlp_branch(x, norm, mlp))
+
+    def mix(self, outs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
+        """``models.blocks.interpolation_mix`` with resizes that receive a contiguous gradient in backward."""
+        cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
+        mixed = []
+        for i, (out, grid) in enumerate(zip(outs, grids)):
+            others = [_resize_with_contiguous_gradient(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
+            mixed.append(torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1))  # [B, 1+H_i*W_i, C]
+        return mixed
+
+
+def _enough_stage1_tokens(model: nn.Module, x: torch.Tensor) -> bool:
     patch = model.config.patch_sizes[0]
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and model.config.coscale == "interpolate"
-        and (x.shape[-2] // patch) * (x.shape[-1] // patch) >= MIN_STAGE1_TOKENS
-    )
+    return (x.shape[-2] // patch) * (x.shape[-1] // patch) >= MIN_STAGE1_TOKENS
 
 
-def tokens(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:
-    """``forward_tokens`` of ``model`` for ``x``."""
-
-    def parallel_block(block: nn.Module, *args: object) -> list[torch.Tensor]:
-        return _checkpointed(model.grad_checkpointing, _parallel_block, block, *args)
-
-    return run_trunk(model, x, _stage, parallel_block)
-
-
-def _checkpointed(enabled: bool, fn: Callable[..., object], *args: object) -> object:
-    """``fn(*args)``, recomputing its activations in backward when checkpointing is on."""
-    return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
-
-
-def _stage(stage: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-    x, grid = stage.embed(images)  # [B, 1+H*W, C]
-    encode_values = _grouped_crpe(stage.crpe)
-    for block in stage.blocks:
-        x = _checkpointed(stage.grad_checkpointing, _serial_block, block, x, grid, encode_values)
-    return x, grid
-
-
-def _serial_block(block: nn.Module, x: torch.Tensor, grid: Grid, encode_values: ValueEncoder) -> torch.Tensor:
-    x = block.cpe(x, grid)
-    x = x + block.drop_path(factorized_attention(block.attn, block.norm1(x), grid, encode_values, False))
-    return x + block.drop_path(_mlp_branch(x, block.norm2, block.mlp))
-
-
-def _parallel_block(block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
-    xs = [cpe(x, grid) for cpe, x, grid in zip(block.cpes, xs, grids)]
-    outs = [factorized_attention(attn, norm(x), grid, _grouped_crpe(attn.crpe), False)
-            for attn, norm, x, grid in zip(block.attns, block.norms1, xs, grids)]
-    mixed = _mix_by_interpolation(outs, grids)
-    xs = [x + block.drop_path(m) for x, m in zip(xs, mixed)]
-    return [x + block.drop_path(_mlp_branch(x, norm, block.mlp)) for norm, x in zip(block.norms2, xs)]
+PATH = FastPath(
+    "cpu_training",
+    TrainingKernels(),
+    conditions=(
+        Condition("a CPU tensor", lambda model, x: x.device.type == "cpu"),
+        Condition("float32 inputs", lambda model, x: x.dtype == torch.float32),
+        Condition("autograd on", lambda model, x: torch.is_grad_enabled()),
+        Condition("no CPU autocast", lambda model, x: not torch.is_autocast_enabled("cpu")),
+        Condition(f"{MIN_STAGE1_TOKENS}+ stage-1 tokens per image (16x16 at stride 4: 64x64 pixels)",
+                  _enough_stage1_tokens),
+    ),
+    config={**SIZE_FIELDS, "coscale": ("interpolate",)},
+)
 
 
 def _grouped_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
@@ -105,16 +95,6 @@ def _mlp_branch(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Te
     branch = NormMlpFunction.apply(rows, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
                                    mlp.fc2.bias, norm.eps, tile_rows(mlp.fc1.out_features))
     return branch.view_as(x)
-
-
-def _mix_by_interpolation(outs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
-    """``models.blocks.interpolation_mix`` with resizes that receive a contiguous gradient in backward."""
-    cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
-    mixed = []
-    for i, (out, grid) in enumerate(zip(outs, grids)):
-        others = [_resize_with_contiguous_gradient(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
-        mixed.append(torch.cat((cls_sum, sum(others, out[:, 1:])), dim=1))  # [B, 1+H_i*W_i, C]
-    return mixed
 
 
 def _resize_with_contiguous_gradient(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:

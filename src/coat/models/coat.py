@@ -77,7 +77,7 @@ class CoaT(nn.Module):
         """
         if not torch.jit.is_scripting():  # TorchScript compiles the reference modules only
             _check_input(x, self.config.in_chans)
-            return fast.implementation_for(self, x)(self, x)
+            return fast.choose(self, x).run(self, x)
         return self.reference_tokens(x)
 
     def reference_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Grid]]:

@@ -1,4 +1,4 @@
-"""CoaT configuration: one dataclass and the table of released variants (DESIGN.md §1)."""
+"""CoaT configuration: one dataclass and the released variants (the paper's Table 1, the authors' release)."""
 
 from __future__ import annotations
 

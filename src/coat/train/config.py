@@ -74,7 +74,7 @@ class TrainConfig(RunConfig):
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # The authors' ImageNet recipe (DESIGN.md §5). RandAugment m9: torchvision's has no
+    # The authors' ImageNet recipe (their released training configs). RandAugment m9: torchvision's has no
     # magnitude noise, so the authors' mstd0.5 is not reproduced.
     "imagenet": {},
     # From scratch on a few thousand low-resolution images (the embedded default): small input,
@@ -89,7 +89,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# The authors' per-variant settings for ImageNet (DESIGN.md §5).
+# The authors' per-variant settings for ImageNet (their released training configs).
 _IMAGENET_VARIANT = {
     "coat_small": {"drop_path": 0.2, "warmup_epochs": 20, "clip_grad": 5.0},
     "coat_lite_medium": {"drop_path": 0.3, "warmup_epochs": 20, "clip_grad": 5.0},

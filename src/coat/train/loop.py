@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from .distributed import DistInfo, barrier, gather_objects, init_distributed, pi
 from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
-from .state import load_training_state, restore_rng, rng_state, save_training_state
+from .state import Progress, TrainingState, load_training_state, restore_rng, rng_state, save_training_state
 from ..errors import CoatError
 from ..files import write_json, write_text
 
@@ -137,8 +138,28 @@ def prepare_output(config: RunConfig, info: DistInfo) -> Path:
 
 
 # ---------------------------------------------------------------------------- the run
+@dataclass
+class Training:
+    """What one run trains with: built by ``_build``, stepped by ``_train_epoch``, saved in ``last.pt``."""
+
+    model: nn.Module  # the model itself (DDP and torch.compile wrap it in ``train_model``)
+    train_model: nn.Module
+    eval_models: dict[str, nn.Module]  # "" (the model) and "ema_" (its average), as evaluated
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    scaler: torch.amp.GradScaler | None
+    autocast: contextlib.AbstractContextManager
+
+
 def run(task: Task) -> dict[str, Any]:
-    """Train ``task`` to the end (or resume it) and return the summary written to summary.json."""
+    """Train ``task`` to the end (or resume it) and return the summary written to summary.json.
+
+    Every process runs the same steps. The collective calls, which every rank must make at the same point
+    (a call inside a rank branch deadlocks DDP), are: DDP's gradient reduction in each step, the loss
+    reading at log intervals (``LossMonitor.read``), the task's evaluation (sums over processes) and
+    ``_end_epoch``'s gather and barrier. Only rank 0 writes files.
+    """
     config = task.config
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
@@ -148,125 +169,165 @@ def run(task: Task) -> dict[str, Any]:
     torch.manual_seed(config.seed + info.rank)
 
     train_loader, val_loader = task.build_data(info)
-    model = task.build_model().to(device)
     peak_lr = task.peak_lr(info.world_size)
-    optimizer = build_optimizer(model, peak_lr, config.weight_decay)
-    steps_per_epoch = len(train_loader)
-    scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-           if config.ema_decay > 0 else None)
-    use_scaler = amp_enabled(device, config) and device.type == "cuda" and amp_dtype(device, config) == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    training = _build(task, device, peak_lr, len(train_loader))
     log = RunLog(output, info.is_main, task.plot_panels)
-    start_epoch, best_score, seconds_training, images_trained = 0, float("-inf"), 0.0, 0
-
     if resume_path is not None:
-        state = load_training_state(resume_path)
-        if state.get("model_name") != config.model:
-            raise CheckpointError(f"{resume_path} is a checkpoint of {state.get('model_name')}, not {config.model}; "
-                                  "pass the same --model or another --output")
-        load_state_into(model, state["model"], source=str(resume_path))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, best_score = state["epoch"], state["best_score"]
-        seconds_training, images_trained = state["seconds_training"], state["images_trained"]
-        log.restore(state["history"])
-        restore_rng(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
+        progress = _resume(training, resume_path, config.model, info)
+        log.restore(progress.history)
+    else:
+        progress = Progress()
         if info.is_main:
-            tqdm.write(f"resumed {resume_path} after epoch {start_epoch}")
-    elif info.is_main:
-        write_text(output / "config.yaml", to_yaml(config))
-
-    train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
-    eval_model, eval_ema = model, (ema.module if ema is not None else None)
-    if config.compile:  # training and evaluation: each its own graphs (train/eval mode differ)
-        train_model, eval_model = torch.compile(train_model), torch.compile(model)
-        eval_ema = torch.compile(eval_ema) if eval_ema is not None else None
-    autocast = autocast_context(device, config)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+            write_text(output / "config.yaml", to_yaml(config))
+    _wrap_for_running(training, config, info)
     if info.is_main:
         tqdm.write(task.describe(info, device, peak_lr))
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(progress.epoch, config.epochs):
         train_loader.sampler.set_epoch(epoch)
-        model.train()
-        losses, skipped = LossMonitor(device), 0
-        started = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main,
-                   dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            skipped += task.skipped_in(batch)
-            loss, count = task.batch_loss(train_model, batch, device, autocast)
-            if count > 0:
-                backward_and_step(loss, optimizer, trainable, scaler, config.clip_grad)
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                losses.add(loss, count)
-            if step % config.log_interval == 0 or step == steps_per_epoch - 1:  # the host reads the loss here only
-                reading = _checked(losses.read(info), epoch, step, output)
-                lr = optimizer.param_groups[0]["lr"]
-                rate = reading.samples / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{reading.mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
-                if count > 0:
-                    log.step(epoch * steps_per_epoch + step, loss.item(), lr)
-        epoch_seconds = time.perf_counter() - started
-        bar.close()
-        seconds_training += epoch_seconds
-        images_trained += reading.samples  # read at the epoch's last step
-
-        metrics = task.evaluate(eval_model, val_loader, device, info, autocast)
-        skipped += metrics.pop("skipped", 0)
-        record = {"epoch": epoch + 1, "train_loss": reading.mean_loss,
-                  **{f"val_{k}": v for k, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": epoch_seconds, "images_per_second": reading.samples / epoch_seconds}
-        candidates = [(metrics[task.score], model)]
-        if ema is not None:
-            ema_metrics = task.evaluate(eval_ema, val_loader, device, info, autocast)
-            ema_metrics.pop("skipped", 0)
-            record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
-            candidates.append((ema_metrics[task.score], ema.module))
+        reading, seconds, skipped = _train_epoch(task, training, train_loader, epoch, device, info, log, output)
+        record, best = _evaluate_epoch(task, training, val_loader, device, info)
+        record = {"epoch": epoch + 1, "train_loss": reading.mean_loss, **record,
+                  "lr": training.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                  "images_per_second": reading.samples / seconds}
+        skipped += record.pop("skipped", 0)
         if skipped:
             record["skipped_images"] = skipped
         log.epoch(record)
-        epoch_best, best_model = max(candidates, key=lambda c: c[0])
-        improved = epoch_best > best_score
-        best_score = max(best_score, epoch_best)
+        improved = best[0] > progress.best_score
+        progress = Progress(epoch + 1, max(progress.best_score, best[0]), progress.seconds_training + seconds,
+                            progress.images_trained + reading.samples, log.history)
+        _end_epoch(task, training, progress, best if improved else None, output, info)
         if info.is_main:
-            if improved:
-                task.save_best(best_model, output / "best.safetensors",
-                               {"epoch": str(epoch + 1), task.score: f"{epoch_best:.4f}"})
-            save_training_state(output / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch + 1, "best_score": best_score, "history": log.history, "model_name": config.model,
-                "seconds_training": seconds_training, "images_trained": images_trained,
-                "rng": gather_objects(rng_state(), info),  # every rank's, so a resumed DDP run replays exactly
-            })
             tqdm.write(_epoch_line(record, config.epochs, task.plot_panels) + ("  (best)" if improved else ""))
-        else:
-            gather_objects(rng_state(), info)
-        barrier(info)
 
-    final = log.history[-1] if log.history else {}
-    summary = {
-        "model": config.model, "recipe": config.recipe, "epochs": config.epochs,
-        f"best_{task.score}": best_score,
-        **{f"final_{k[len('val_'):]}": v for k, v in final.items() if k.startswith("val_")},
-        "images_per_second": images_trained / seconds_training if seconds_training else None,
-        "training_seconds": seconds_training, "world_size": info.world_size, "device": str(device),
-        "checkpoint": str(output / "best.safetensors"), "last_checkpoint": str(output / "last.pt"),
-        "plots": str(output / "plots"), "metrics": str(output / "metrics.jsonl"),
-    }
+    summary = _summary(task, progress, info, device, output)
     if info.is_main:
         write_json(output / "summary.json", summary)
     log.close()
     return summary
+
+
+def _build(task: Task, device: torch.device, peak_lr: float, steps_per_epoch: int) -> Training:
+    """The model, optimizer, schedule, EMA and loss scaler of a new run (a resume then loads their states)."""
+    config = task.config
+    model = task.build_model().to(device)
+    optimizer = build_optimizer(model, peak_lr, config.weight_decay)
+    scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+           if config.ema_decay > 0 else None)
+    use_scaler = amp_enabled(device, config) and device.type == "cuda" and amp_dtype(device, config) == torch.float16
+    eval_models = {"": model} if ema is None else {"": model, "ema_": ema.module}
+    return Training(model, model, eval_models, optimizer, scheduler, ema,
+                    torch.amp.GradScaler("cuda") if use_scaler else None, autocast_context(device, config))
+
+
+def _resume(training: Training, path: Path, model_name: str, info: DistInfo) -> Progress:
+    """Load ``last.pt`` into ``training`` and this rank's RNG; returns the progress it holds."""
+    state = load_training_state(path)
+    if state.model_name != model_name:
+        raise CheckpointError(f"{path} is a checkpoint of {state.model_name}, not {model_name}; "
+                              "pass the same --model or another --output")
+    load_state_into(training.model, state.model, source=str(path))
+    training.optimizer.load_state_dict(state.optimizer)
+    training.scheduler.load_state_dict(state.scheduler)
+    if training.ema is not None and state.ema is not None:
+        training.ema.load_state_dict(state.ema)
+    if training.scaler is not None and state.scaler is not None:
+        training.scaler.load_state_dict(state.scaler)
+    restore_rng(state.rng_of(info.rank))
+    if info.is_main:
+        tqdm.write(f"resumed {path} after epoch {state.progress.epoch}")
+    return state.progress
+
+
+def _wrap_for_running(training: Training, config: RunConfig, info: DistInfo) -> None:
+    """DDP around the trained model; with ``--compile``, training and evaluation each their own graphs."""
+    if info.enabled:
+        training.train_model = DistributedDataParallel(training.model)
+    if config.compile:
+        training.train_model = torch.compile(training.train_model)
+        training.eval_models = {prefix: torch.compile(m) for prefix, m in training.eval_models.items()}
+
+
+def _train_epoch(task: Task, training: Training, loader: DataLoader, epoch: int, device: torch.device,
+                 info: DistInfo, log: RunLog, output: Path) -> tuple[LossReading, float, int]:
+    """One pass over ``loader``: (the loss reading over all processes, seconds, batches' skipped images)."""
+    config = task.config
+    training.model.train()
+    trainable = [p for p in training.model.parameters() if p.requires_grad]
+    losses, skipped, steps = LossMonitor(device), 0, len(loader)
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main,
+               dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        skipped += task.skipped_in(batch)
+        loss, count = task.batch_loss(training.train_model, batch, device, training.autocast)
+        if count > 0:
+            backward_and_step(loss, training.optimizer, trainable, training.scaler, config.clip_grad)
+            training.scheduler.step()
+            if training.ema is not None:
+                training.ema.update_parameters(training.model)
+            losses.add(loss, count)
+        if step % config.log_interval == 0 or step == steps - 1:  # the host reads the loss here only (a collective)
+            reading = _checked(losses.read(info), epoch, step, output)
+            lr = training.optimizer.param_groups[0]["lr"]
+            rate = reading.samples / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{reading.mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+            if count > 0:
+                log.step(epoch * steps + step, loss.item(), lr)
+    bar.close()
+    return reading, time.perf_counter() - started, skipped  # reading: taken at the epoch's last step
+
+
+def _evaluate_epoch(task: Task, training: Training, loader: DataLoader, device: torch.device,
+                    info: DistInfo) -> tuple[dict[str, Any], tuple[float, nn.Module]]:
+    """The validation metrics of the model and its EMA (``val_*``, ``val_ema_*``; ``skipped`` from the model's
+    pass) and the better of the two: (its score, the model to save)."""
+    record: dict[str, Any] = {}
+    candidates = []
+    for prefix, model in training.eval_models.items():
+        metrics = task.evaluate(model, loader, device, info, training.autocast)  # a collective
+        skipped = metrics.pop("skipped", 0)
+        if not prefix:
+            record["skipped"] = skipped
+        record.update({f"val_{prefix}{k}": v for k, v in metrics.items()})
+        candidates.append((metrics[task.score], training.ema.module if prefix else training.model))
+    return record, max(candidates, key=lambda c: c[0])
+
+
+def _end_epoch(task: Task, training: Training, progress: Progress, improved: tuple[float, nn.Module] | None,
+               output: Path, info: DistInfo) -> None:
+    """The epoch's collectives (every rank) and its files (rank 0): best.safetensors if the score improved,
+    then last.pt with every rank's RNG states."""
+    rng_states = gather_objects(rng_state(), info)  # collective
+    if info.is_main:
+        if improved is not None:
+            score, best_model = improved
+            task.save_best(best_model, output / "best.safetensors",
+                           {"epoch": str(progress.epoch), task.score: f"{score:.4f}"})
+        save_training_state(output / "last.pt", TrainingState(
+            model_name=task.config.model, progress=progress, model=training.model.state_dict(),
+            optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
+            ema=training.ema.state_dict() if training.ema is not None else None,
+            scaler=training.scaler.state_dict() if training.scaler is not None else None, rng=rng_states))
+    barrier(info)  # collective: no rank starts the next epoch before last.pt is written
+
+
+def _summary(task: Task, progress: Progress, info: DistInfo, device: torch.device, output: Path) -> dict[str, Any]:
+    """summary.json: the run's best and final metrics, speed and where its files are."""
+    config = task.config
+    final = progress.history[-1] if progress.history else {}
+    return {
+        "model": config.model, "recipe": config.recipe, "epochs": config.epochs,
+        f"best_{task.score}": progress.best_score,
+        **{f"final_{k[len('val_'):]}": v for k, v in final.items() if k.startswith("val_")},
+        "images_per_second": (progress.images_trained / progress.seconds_training
+                              if progress.seconds_training else None),
+        "training_seconds": progress.seconds_training, "world_size": info.world_size, "device": str(device),
+        "checkpoint": str(output / "best.safetensors"), "last_checkpoint": str(output / "last.pt"),
+        "plots": str(output / "plots"), "metrics": str(output / "metrics.jsonl"),
+    }
 
 
 def _checked(reading: LossReading, epoch: int, step: int, output: Path) -> LossReading:
