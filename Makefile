@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup test demo bench bench-gpu gpu-check clean
+.PHONY: setup lint test test-quick demo bench bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# The lint gate: ruff's checks and formatting (pyproject.toml [tool.ruff]); `ruff format .` fixes the latter.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
+
+# The inner loop (a few minutes): the lint gate, every variant on the reference and the fast paths, the
+# authors' fixtures, the seam, the CLI's errors. `make test` runs everything (CI).
+QUICK_TESTS := tests/test_models.py tests/test_parity.py tests/test_fast_paths.py tests/test_cli.py tests/test_files.py
+test-quick: lint
+	$(PY) -m pytest -q -m "not slow" $(QUICK_TESTS) -k "not compiled and not bf16_training"
 
 demo: $(STAMP)
 	$(VENV)/bin/coat train --output runs/demo --overwrite

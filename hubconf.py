@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from coat import create_model, list_models  # noqa: E402
+from coat import create_model, list_models
 
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
 

@@ -33,11 +33,15 @@ def main() -> None:
                 model(x)
                 compile_seconds[impl] = time.perf_counter() - start
             check_same_outputs(compiled["ours"], compiled["timm"], x)
-            t = interleaved({impl: (lambda m=m: m(x)) for impl, m in compiled.items()}, args.batch_size,
-                            repeats=args.repeats)
-        print(f"| {name} | {args.batch_size} | {t['ours'].images_per_second:.2f} | {t['timm'].images_per_second:.2f} | "
-              f"{t['timm'].median / t['ours'].median:.2f}x | "
-              f"{compile_seconds['ours']:.0f} / {compile_seconds['timm']:.0f} |", flush=True)
+            t = interleaved(
+                {impl: (lambda m=m: m(x)) for impl, m in compiled.items()}, args.batch_size, repeats=args.repeats
+            )
+        print(
+            f"| {name} | {args.batch_size} | {t['ours'].images_per_second:.2f} | {t['timm'].images_per_second:.2f} | "
+            f"{t['timm'].median / t['ours'].median:.2f}x | "
+            f"{compile_seconds['ours']:.0f} / {compile_seconds['timm']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ images/s, median latency and the speed-up (timm's median time / ours).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from coat.bench import bench_arguments, check_same_outputs, interleaved, machine_line, model_names, timm_pair
@@ -24,11 +26,13 @@ def main() -> None:
         ours.eval(), peer.eval()
         check_same_outputs(ours, peer, x)
         with torch.inference_mode():
-            t = interleaved({"ours": lambda: ours(x), "timm": lambda: peer(x)}, args.batch_size,
-                            repeats=args.repeats)
-        print(f"| {name} | {args.batch_size} | {t['ours'].images_per_second:.2f} | "
-              f"{t['timm'].images_per_second:.2f} | {1000 * t['ours'].median:.1f} | {1000 * t['timm'].median:.1f} | "
-              f"{t['timm'].median / t['ours'].median:.2f}x |", flush=True)
+            t = interleaved({"ours": partial(ours, x), "timm": partial(peer, x)}, args.batch_size, repeats=args.repeats)
+        print(
+            f"| {name} | {args.batch_size} | {t['ours'].images_per_second:.2f} | "
+            f"{t['timm'].images_per_second:.2f} | {1000 * t['ours'].median:.1f} | {1000 * t['timm'].median:.1f} | "
+            f"{t['timm'].median / t['ours'].median:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -70,21 +70,33 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # as in a DataLoader worker
     torch.manual_seed(0)
     recipe = TrainConfig()  # the authors' ImageNet recipe
-    train_tf = train_transform(args.size, recipe.scale_min, recipe.hflip, recipe.randaugment_magnitude,
-                               recipe.random_erasing, recipe.mean, recipe.std)
+    train_tf = train_transform(
+        args.size,
+        recipe.scale_min,
+        recipe.hflip,
+        recipe.randaugment_magnitude,
+        recipe.random_erasing,
+        recipe.mean,
+        recipe.std,
+    )
     eval_tf = Preprocessing(input_size=args.size, crop_pct=recipe.crop_pct).transforms()
     crop_tf = crop_transform(args.size, recipe.scale_min, recipe.hflip)
     pixel_tf = pixel_transform(recipe.randaugment_magnitude, recipe.random_erasing, recipe.mean, recipe.std)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photo_like_jpegs(Path(tmp), args.images)
         kilobytes = statistics.mean(p.stat().st_size for p in paths) / 1024
-        print(machine_line(), f"| one thread | {args.images} JPEGs of {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]}, "
-              f"{kilobytes:.0f} KB on average | output {args.size}x{args.size}")
+        print(
+            machine_line(),
+            f"| one thread | {args.images} JPEGs of {IMAGENET_SIZE[0]}x{IMAGENET_SIZE[1]}, "
+            f"{kilobytes:.0f} KB on average | output {args.size}x{args.size}",
+        )
         print("| per worker | images/s |\n|---|---|")
-        per_image = {"decode (PIL)": lambda p: load_rgb(str(p)),
-                     "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
-                     "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
-                     "pixel-augment-on-device worker (decode + crop + flip)": lambda p: crop_tf(load_rgb(str(p)))}
+        per_image = {
+            "decode (PIL)": lambda p: load_rgb(str(p)),
+            "training sample (decode + authors' transform)": lambda p: train_tf(load_rgb(str(p))),
+            "evaluation sample (decode + resize, crop, normalise)": lambda p: eval_tf(load_rgb(str(p))),
+            "pixel-augment-on-device worker (decode + crop + flip)": lambda p: crop_tf(load_rgb(str(p))),
+        }
         over_all_images = {name: lambda fn=fn: [fn(p) for p in paths] for name, fn in per_image.items()}
         for name, timing in interleaved(over_all_images, len(paths), warmup=1, repeats=args.repeats).items():
             print(f"| {name} | {timing.images_per_second:.0f} |")
@@ -92,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         for crop in crops:
             pixel_tf(crop)
-        print(f"\nThe pixel half on this CPU (what --pixel-augment-on-device moves to the device): "
-              f"{1000 * (time.perf_counter() - started) / len(crops):.2f} ms per image")
+        print(
+            f"\nThe pixel half on this CPU (what --pixel-augment-on-device moves to the device): "
+            f"{1000 * (time.perf_counter() - started) / len(crops):.2f} ms per image"
+        )
         print("\n| training transform step | ms per image |\n|---|---|")
         for name, ms in step_milliseconds(train_tf, paths, args.repeats).items():
             print(f"| {name} | {ms:.2f} |")

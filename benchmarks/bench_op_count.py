@@ -22,7 +22,7 @@ class OperatorCount(TorchDispatchMode):
         super().__init__()
         self.views = self.kernels = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.is_view:
             self.views += 1
         else:
@@ -45,8 +45,11 @@ def main() -> None:
     for name in model_names(args):
         ours, peer = timm_pair(name, img_size=args.size)
         a, b = training_step_count(ours, x, y), training_step_count(peer, x, y)
-        print(f"| {name} | {args.size} | {a.kernels} ({a.views}) | {b.kernels} ({b.views}) | "
-              f"{a.kernels / b.kernels:.3f} |", flush=True)
+        print(
+            f"| {name} | {args.size} | {a.kernels} ({a.views}) | {b.kernels} ({b.views}) | "
+            f"{a.kernels / b.kernels:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

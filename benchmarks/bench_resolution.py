@@ -13,7 +13,13 @@ import timm
 import torch
 
 from coat.bench import (
-    bench_arguments, check_same_outputs, interleaved, machine_line, model_names, peak_bytes, timm_pair,
+    bench_arguments,
+    check_same_outputs,
+    interleaved,
+    machine_line,
+    model_names,
+    peak_bytes,
+    timm_pair,
 )
 
 
@@ -23,27 +29,37 @@ def main() -> None:
     args = parser.parse_args()
     sizes = (args.size, args.large)
     print(machine_line())
-    print(f"| model | impl | {sizes[0]} ms | {sizes[1]} ms | time ratio | {sizes[0]} act. MiB | {sizes[1]} act. MiB "
-          "| memory ratio |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"| model | impl | {sizes[0]} ms | {sizes[1]} ms | time ratio | {sizes[0]} act. MiB | {sizes[1]} act. MiB "
+        "| memory ratio |\n|---|---|---|---|---|---|---|---|"
+    )
     inputs = {size: torch.randn(args.batch_size, 3, size, size) for size in sizes}
     for name in model_names(args):
         ours, small_peer = timm_pair(name, img_size=sizes[0])
         large_peer = timm.create_model(name, img_size=sizes[1])  # timm fixes its grids at construction
         large_peer.load_state_dict(small_peer.state_dict())
-        models = {"ours": {size: ours.eval() for size in sizes},
-                  "timm": {sizes[0]: small_peer.eval(), sizes[1]: large_peer.eval()}}
+        models = {
+            "ours": {size: ours.eval() for size in sizes},
+            "timm": {sizes[0]: small_peer.eval(), sizes[1]: large_peer.eval()},
+        }
         for size in sizes:
             check_same_outputs(ours, models["timm"][size], inputs[size])
-        calls = {(impl, size): (lambda m=m, x=inputs[size]: m(x)) for impl, per_size in models.items()
-                 for size, m in per_size.items()}
+        calls = {
+            (impl, size): (lambda m=m, x=inputs[size]: m(x))
+            for impl, per_size in models.items()
+            for size, m in per_size.items()
+        }
         with torch.inference_mode():
             t = interleaved(calls, args.batch_size, repeats=args.repeats)
-            peaks = {key: peak_bytes(call) / 2 ** 20 for key, call in calls.items()}
+            peaks = {key: peak_bytes(call) / 2**20 for key, call in calls.items()}
         for impl in models:
             small, large = (impl, sizes[0]), (impl, sizes[1])
-            print(f"| {name} | {impl} | {1000 * t[small].median:.1f} | {1000 * t[large].median:.1f} | "
-                  f"{t[large].median / t[small].median:.1f}x | {peaks[small]:.1f} | {peaks[large]:.1f} | "
-                  f"{peaks[large] / peaks[small]:.1f}x |", flush=True)
+            print(
+                f"| {name} | {impl} | {1000 * t[small].median:.1f} | {1000 * t[large].median:.1f} | "
+                f"{t[large].median / t[small].median:.1f}x | {peaks[small]:.1f} | {peaks[large]:.1f} | "
+                f"{peaks[large] / peaks[small]:.1f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

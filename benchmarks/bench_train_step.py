@@ -43,10 +43,12 @@ def main() -> None:
         ours, peer = timm_pair(name, img_size=args.size)
         check_same_outputs(ours.eval(), peer.eval(), x)
         steps = {"ours": step_fn(ours, x, y, args.bf16, args.fused), "timm": step_fn(peer, x, y, args.bf16, args.fused)}
-        t = interleaved(steps, args.batch_size,
-                        warmup=1, repeats=args.repeats)
-        print(f"| {name} | {args.batch_size} | {args.size} | {1000 * t['ours'].median:.0f} | "
-              f"{1000 * t['timm'].median:.0f} | {t['timm'].median / t['ours'].median:.2f}x |", flush=True)
+        t = interleaved(steps, args.batch_size, warmup=1, repeats=args.repeats)
+        print(
+            f"| {name} | {args.batch_size} | {args.size} | {1000 * t['ours'].median:.0f} | "
+            f"{1000 * t['timm'].median:.0f} | {t['timm'].median / t['ours'].median:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callabl
 
 def with_triton(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the seam allowed the opt-in ``cuda_triton`` path (and nothing else)."""
+
     def run() -> object:
         with fast.only("cuda_triton"):
             return fn()
@@ -102,7 +103,7 @@ def with_triton(fn: Callable[[], object]) -> Callable[[], object]:
 
 def adamw_step_fn(model: nn.Module, fused: bool) -> Callable[[], None]:
     """The optimizer step alone, on gradients already in place."""
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=fused, foreach=None if fused else True)
@@ -155,8 +156,13 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
                 fns["triton"] = triton
         return fns
 
-    def compiled(case: str, make: Callable[[nn.Module], Callable[[], object]], batch: int, repeats: int,
-                 cuda_graphs: bool = False) -> None:
+    def compiled(
+        case: str,
+        make: Callable[[nn.Module], Callable[[], object]],
+        batch: int,
+        repeats: int,
+        cuda_graphs: bool = False,
+    ) -> None:
         """Both models under ``torch.compile`` (with CUDA graphs: mode="reduce-overhead"), within the budget."""
         if name not in setting.compile_models or time.perf_counter() > compile_until:
             row.figures[case] = {"ours": None, "timm": None}
@@ -165,8 +171,12 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
             options = {"backend": setting.compile_backend}
         else:
             options = {"mode": "reduce-overhead"} if cuda_graphs else {}
-        timed(case, {"ours": make(torch.compile(ours, **options)), "timm": make(torch.compile(peer, **options))},
-              batch, repeats)
+        timed(
+            case,
+            {"ours": make(torch.compile(ours, **options)), "timm": make(torch.compile(peer, **options))},
+            batch,
+            repeats,
+        )
 
     one = x[:1]
     timed("inference", eager(lambda m: inference_fn(m, x)), setting.inference_batch, setting.repeats)
@@ -181,8 +191,13 @@ def measure(name: str, setting: Setting, compile_until: float) -> Row:
     timed("training", steps, setting.train_batch, setting.repeats)
     row.figures["training peak MiB"] = {key: peak_mib(step, device) for key, step in steps.items()}
     compiled("training compiled", lambda m: train_step_fn(m, xt, y), setting.train_batch, setting.repeats)
-    t = interleaved({"fused": adamw_step_fn(ours, True), "foreach": adamw_step_fn(ours, False)}, 1,
-                    warmup=2, repeats=setting.repeats, sync=sync)
+    t = interleaved(
+        {"fused": adamw_step_fn(ours, True), "foreach": adamw_step_fn(ours, False)},
+        1,
+        warmup=2,
+        repeats=setting.repeats,
+        sync=sync,
+    )
     row.figures["AdamW step (ours)"] = {"fused": 1000 * t["fused"].median, "foreach": 1000 * t["foreach"].median}
     return row
 
@@ -192,10 +207,16 @@ def pixel_augment_ms(setting: Setting) -> float:
     RandAugment, normalisation and erasing, per image), in ms: to set against the training step it adds to."""
     recipe = TrainConfig()
     augment = EachImage(pixel_transform(recipe.randaugment_magnitude, recipe.random_erasing, recipe.mean, recipe.std))
-    crops = torch.randint(0, 256, (setting.train_batch, 3, setting.size, setting.size), dtype=torch.uint8,
-                          device=setting.device)
-    t = interleaved({"augment": lambda: augment(crops)}, setting.train_batch, warmup=2, repeats=setting.repeats,
-                    sync=device_sync(setting.device))
+    crops = torch.randint(
+        0, 256, (setting.train_batch, 3, setting.size, setting.size), dtype=torch.uint8, device=setting.device
+    )
+    t = interleaved(
+        {"augment": lambda: augment(crops)},
+        setting.train_batch,
+        warmup=2,
+        repeats=setting.repeats,
+        sync=device_sync(setting.device),
+    )
     return 1000 * t["augment"].median
 
 
@@ -203,8 +224,13 @@ def environment(device: str) -> dict[str, Any]:
     import timm
 
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU (--quick)"
-    return {"device": card, "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "device": card,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "timm": timm.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def markdown(rows: list[Row], setting: Setting, env: dict[str, Any]) -> str:
@@ -215,19 +241,32 @@ def markdown(rows: list[Row], setting: Setting, env: dict[str, Any]) -> str:
         text = f"{ours:.1f} / {timm:.1f} ({timm / ours:.2f}x)"
         return text if triton is None else f"{text}; triton {timm / triton:.2f}x"
 
-    cases = {"inference": f"bf16 inference b{setting.inference_batch} ms", "inference compiled": "compiled",
-             "latency": "b1 latency ms", "latency CUDA graphs": "compiled, CUDA graphs",
-             "training": f"bf16 train step b{setting.train_batch} ms",
-             "training compiled": "compiled", "training peak MiB": "train peak MiB"}
+    cases = {
+        "inference": f"bf16 inference b{setting.inference_batch} ms",
+        "inference compiled": "compiled",
+        "latency": "b1 latency ms",
+        "latency CUDA graphs": "compiled, CUDA graphs",
+        "training": f"bf16 train step b{setting.train_batch} ms",
+        "training compiled": "compiled",
+        "training peak MiB": "train peak MiB",
+    }
     header = ["model", *cases.values(), "AdamW fused / foreach ms", "max logit diff"]
-    lines = [f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, timm {env['timm']}, {env['date']}; "
-             f"{setting.size}x{setting.size}; each cell: ours / timm (timm / ours: above 1x we are faster or "
-             "smaller); triton: the same ratio for ours with the opt-in cuda_triton path",
-             "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines = [
+        f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, timm {env['timm']}, {env['date']}; "
+        f"{setting.size}x{setting.size}; each cell: ours / timm (timm / ours: above 1x we are faster or "
+        "smaller); triton: the same ratio for ours with the opt-in cuda_triton path",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
     for row in rows:
         adamw = row.figures["AdamW step (ours)"]
-        cells = [row.model, *(cell(row.figures[c]) for c in cases),
-                 f"{adamw['fused']:.2f} / {adamw['foreach']:.2f}", f"{row.max_logit_diff:.3g}"]
+        cells = [
+            row.model,
+            *(cell(row.figures[c]) for c in cases),
+            f"{adamw['fused']:.2f} / {adamw['foreach']:.2f}",
+            f"{row.max_logit_diff:.3g}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"\n{row.model}: the cuda_triton path failed ({row.triton_error})" for row in rows if row.triton_error]
     return "\n".join(lines)
@@ -250,11 +289,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
     augment_ms = pixel_augment_ms(setting)
     env = environment(setting.device)
     print(markdown(rows, setting, env), flush=True)
-    print(f"\n--pixel-augment-on-device: the device's RandAugment + normalisation + erasing of one training batch of "
-          f"{setting.train_batch}: {augment_ms:.1f} ms (to add to the bf16 train step above)", flush=True)
+    print(
+        f"\n--pixel-augment-on-device: the device's RandAugment + normalisation + erasing of one training batch of "
+        f"{setting.train_batch}: {augment_ms:.1f} ms (to add to the bf16 train step above)",
+        flush=True,
+    )
     if args.json is not None:
-        payload = {**env, "setting": setting.__dict__, "rows": [row.__dict__ for row in rows],
-                   "pixel_augment_ms_per_train_batch": augment_ms}
+        payload = {
+            **env,
+            "setting": setting.__dict__,
+            "rows": [row.__dict__ for row in rows],
+            "pixel_augment_ms_per_train_batch": augment_ms,
+        }
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(args.json)

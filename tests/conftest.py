@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixture_weights import authors_state_dict  # noqa: E402
+from fixture_weights import authors_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +47,9 @@ def authors_checkpoint(tmp_path_factory):
     return make
 
 
-def make_image_folder(root: Path, classes=("circle", "square", "stripes"), train_per_class=8, val_per_class=4,
-                      size=40, seed=0) -> Path:
+def make_image_folder(
+    root: Path, classes=("circle", "square", "stripes"), train_per_class=8, val_per_class=4, size=40, seed=0
+) -> Path:
     """A small learnable image folder: one colour/shape per class, mixed formats and modes."""
     import numpy as np
     from PIL import Image
@@ -61,7 +62,7 @@ def make_image_folder(root: Path, classes=("circle", "square", "stripes"), train
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 pixels = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
-                pixels[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = colours[c % len(colours)]
+                pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = colours[c % len(colours)]
                 image = Image.fromarray(pixels)
                 if i % 4 == 1:
                     image.convert("L").save(folder / f"{i}.png")

@@ -1,6 +1,6 @@
 """Run under torchrun: ``coat train ARGS...`` where only rank 1's loss turns NaN, at its second step.
 
-    torchrun --nproc-per-node 2 tests/ddp_nonfinite_worker.py train --data DIR --output OUT ...
+torchrun --nproc-per-node 2 tests/ddp_nonfinite_worker.py train --data DIR --output OUT ...
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Run under torchrun: one DDP optimizer step, each process on its half of a fixed batch.
 
-    torchrun --nproc-per-node 2 tests/ddp_step_worker.py OUT.safetensors PER_PROCESS_BATCH
+torchrun --nproc-per-node 2 tests/ddp_step_worker.py OUT.safetensors PER_PROCESS_BATCH
 """
 
 import sys
@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from coat.train.distributed import init_distributed
 from coat.train.classify import train_step
+from coat.train.distributed import init_distributed
 from coat.train.optim import build_optimizer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from ddp_reference import make_batch, make_model  # noqa: E402
+from ddp_reference import make_batch, make_model
 
 
 def main() -> None:

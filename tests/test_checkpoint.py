@@ -86,7 +86,7 @@ def test_wrong_variant_names_the_first_mismatches(authors_checkpoint):
 
 
 def test_lite_weights_into_coat_reports_missing_keys(authors_checkpoint):
-    with pytest.raises(CheckpointError, match="missing from the file: .*parallel_blocks"):
+    with pytest.raises(CheckpointError, match=r"missing from the file: .*parallel_blocks"):
         coat.create_model("coat_tiny", pretrained=authors_checkpoint("coat_lite_tiny"))
 
 

@@ -43,16 +43,26 @@ def test_convert_authors_to_ours(authors_checkpoint, tmp_path, capsys):
 def test_convert_bad_file_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("not weights")
-    result = subprocess.run([sys.executable, "-m", "coat.cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "coat.cli", "convert", str(bad), str(tmp_path / "o.safetensors")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert str(bad) in result.stderr
 
 
 def test_convert_wrong_variant_exit_2(authors_checkpoint, tmp_path, capsys):
-    code = main(["convert", str(authors_checkpoint("coat_lite_tiny")), str(tmp_path / "o.safetensors"),
-                 "--model", "coat_lite_small"])
+    code = main(
+        [
+            "convert",
+            str(authors_checkpoint("coat_lite_tiny")),
+            str(tmp_path / "o.safetensors"),
+            "--model",
+            "coat_lite_small",
+        ]
+    )
     assert code == 2
     assert "shapes differ" in capsys.readouterr().err
 
@@ -76,10 +86,18 @@ def test_every_typed_error_is_a_coat_error():
     from coat.extras import MissingExtraError
     from coat.train.loop import TrainingError
 
-    for error, builtin in [(coat.CheckpointError, ValueError), (DataError, ValueError), (CorruptImageError, ValueError),
-                           (DownloadError, ValueError), (ExportError, ValueError), (TrainingError, RuntimeError),
-                           (MissingExtraError, ImportError), (UsageError, ValueError),
-                           (OutputExistsError, FileExistsError), (InputNotFoundError, FileNotFoundError)]:
+    for error, builtin in [
+        (coat.CheckpointError, ValueError),
+        (DataError, ValueError),
+        (CorruptImageError, ValueError),
+        (DownloadError, ValueError),
+        (ExportError, ValueError),
+        (TrainingError, RuntimeError),
+        (MissingExtraError, ImportError),
+        (UsageError, ValueError),
+        (OutputExistsError, FileExistsError),
+        (InputNotFoundError, FileNotFoundError),
+    ]:
         assert issubclass(error, coat.CoatError) and issubclass(error, builtin), error
 
 
@@ -93,3 +111,42 @@ def test_a_bug_shows_its_traceback_instead_of_one_line(monkeypatch):
     monkeypatch.setattr(model_commands, "run_info", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["info"])
+
+
+@pytest.mark.parametrize(
+    "argv, function",
+    [
+        (["eval", "--checkpoint", "c.safetensors"], "coat.evaluation:evaluate_checkpoint"),
+        (
+            ["detect", "eval", "--checkpoint", "c", "--images", "i", "--annotations", "a.json"],
+            "coat.detection.inference:evaluate_detector_checkpoint",
+        ),
+        (["detect", "predict", "img.png", "--checkpoint", "c"], "coat.detection.inference:predict_detections"),
+    ],
+)
+def test_each_option_of_a_thin_command_is_a_parameter_of_its_library_function(argv, function):
+    """The commands pass their options by name (call_with_options): a renamed parameter must not drop one."""
+    import importlib
+    import inspect
+
+    from coat.cli import build_parser
+    from coat.commands.call import PARSER_FIELDS
+
+    module, name = function.split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    options = set(vars(build_parser().parse_args(argv))) - PARSER_FIELDS
+    assert options <= set(parameters), options - set(parameters)
+
+
+def test_an_option_without_a_parameter_is_a_bug_not_a_silent_default():
+    import argparse
+
+    from coat.commands.call import call_with_options
+
+    def evaluate(checkpoint, overwrite=False):
+        return checkpoint, overwrite
+
+    args = argparse.Namespace(command="eval", func=None, checkpoint="c", overwrite=True)
+    assert call_with_options(evaluate, args) == ("c", True)
+    with pytest.raises(TypeError, match="no parameters \\['workers'\\]"):
+        call_with_options(evaluate, argparse.Namespace(command="eval", checkpoint="c", workers=2))

@@ -16,13 +16,16 @@ def shapes_sample(h, w, seed=0):
     boxes, masks = [], []
     for i, (y, x) in enumerate([(h // 8, w // 8), (h // 2, w // 2)]):
         box = [x, y, x + w // 4, y + h // 4]
-        image[i, box[1]:box[3], box[0]:box[2]] = 1.0
+        image[i, box[1] : box[3], box[0] : box[2]] = 1.0
         mask = torch.zeros(h, w, dtype=torch.uint8)
-        mask[box[1]:box[3], box[0]:box[2]] = 1
+        mask[box[1] : box[3], box[0] : box[2]] = 1
         boxes.append(box)
         masks.append(mask)
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([1, 2]),
-              "masks": torch.stack(masks)}
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.tensor([1, 2]),
+        "masks": torch.stack(masks),
+    }
     return image, target
 
 

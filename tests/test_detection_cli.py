@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +14,21 @@ from coat.cli import main
 from coat.detection.shapes import make_split
 from coat.detection.weights import load_detector
 
-TINY = ["--recipe", "shapes", "--batch-size", "2", "--min-sizes", "64", "80", "--max-size", "128",
-        "--warmup-iters", "2", "--workers", "0"]
+TINY = [
+    "--recipe",
+    "shapes",
+    "--batch-size",
+    "2",
+    "--min-sizes",
+    "64",
+    "80",
+    "--max-size",
+    "128",
+    "--warmup-iters",
+    "2",
+    "--workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +37,16 @@ def coco_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     make_split(root / "train", root / "train.json", count=6, seed=0, size=(64, 96))
     make_split(root / "val", root / "val.json", count=4, seed=1, size=(64, 96))
-    return ["--train-images", str(root / "train"), "--train-annotations", str(root / "train.json"),
-            "--val-images", str(root / "val"), "--val-annotations", str(root / "val.json")]
+    return [
+        "--train-images",
+        str(root / "train"),
+        "--train-annotations",
+        str(root / "train.json"),
+        "--val-images",
+        str(root / "val"),
+        "--val-annotations",
+        str(root / "val.json"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,20 @@ def test_train_writes_run_files_and_resumes(trained):
 @pytest.mark.slow
 def test_eval_reproduces_the_training_metrics_and_refuses_to_overwrite(trained, coco_set, tmp_path, capsys):
     val_images, val_annotations = coco_set[5], coco_set[7]
-    args = ["detect", "eval", "--checkpoint", str(trained / "best.safetensors"), "--images", val_images,
-            "--annotations", val_annotations, "--workers", "0", "--output", str(tmp_path / "ev")]
+    args = [
+        "detect",
+        "eval",
+        "--checkpoint",
+        str(trained / "best.safetensors"),
+        "--images",
+        val_images,
+        "--annotations",
+        val_annotations,
+        "--workers",
+        "0",
+        "--output",
+        str(tmp_path / "ev"),
+    ]
     assert main(args) == 0
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     best = max(json.loads(line)["val_box_ap"] for line in (trained / "metrics.jsonl").read_text().splitlines())
@@ -71,8 +105,22 @@ def test_eval_reproduces_the_training_metrics_and_refuses_to_overwrite(trained, 
 @pytest.mark.slow
 def test_predict_draws_pngs_and_writes_coco_results(trained, coco_set, tmp_path, capsys):
     out = tmp_path / "pred"
-    assert main(["detect", "predict", coco_set[5], "--checkpoint", str(trained / "best.safetensors"),
-                 "--output", str(out), "--score-threshold", "0.0"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "predict",
+                coco_set[5],
+                "--checkpoint",
+                str(trained / "best.safetensors"),
+                "--output",
+                str(out),
+                "--score-threshold",
+                "0.0",
+            ]
+        )
+        == 0
+    )
     pictures = sorted(out.glob("*.png"))
     assert [p.name for p in pictures] == ["000001.png", "000002.png", "000003.png", "000004.png"]
     source = Image.open(f"{coco_set[5]}/000001.png")
@@ -82,8 +130,12 @@ def test_predict_draws_pngs_and_writes_coco_results(trained, coco_set, tmp_path,
     assert detections and {d["image_id"] for d in detections} <= {1, 2, 3, 4}
     assert all(d["category_id"] in (1, 2, 3) and len(d["bbox"]) == 4 for d in detections)
     capsys.readouterr()
-    assert main(["detect", "predict", coco_set[5], "--checkpoint", str(trained / "best.safetensors"),
-                 "--output", str(out)]) == 2
+    assert (
+        main(
+            ["detect", "predict", coco_set[5], "--checkpoint", str(trained / "best.safetensors"), "--output", str(out)]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -100,11 +152,14 @@ def test_make_shapes_prints_the_training_command(tmp_path, capsys):
     assert main(["detect", "make-shapes", str(tmp_path / "s")]) == 2  # not over an existing set
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([], "--train-images, --train-annotations, --val-images, --val-annotations required"),
-    (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn"),
-    (["--recipe", "lvis"], "unknown recipe 'lvis'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([], "--train-images, --train-annotations, --val-images, --val-annotations required"),
+        (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn"),
+        (["--recipe", "lvis"], "unknown recipe 'lvis'"),
+    ],
+)
 def test_bad_options_are_one_line_errors(bad, message, coco_set, tmp_path, capsys):
     data = coco_set if bad else []
     assert main(["detect", "train", *data, "--output", str(tmp_path / "o"), *bad]) == 2
@@ -126,14 +181,29 @@ def test_fasterrcnn_needs_no_masks(coco_set, tmp_path):
     """Box-only annotations train Faster R-CNN (and Mask R-CNN refuses them with the fix)."""
     data = list(coco_set)
     boxes_only = tmp_path / "boxes.json"
-    content = json.loads(open(data[3]).read())
+    content = json.loads(Path(data[3]).read_text())
     for annotation in content["annotations"]:
         annotation.pop("segmentation")
     boxes_only.write_text(json.dumps(content))
     data[3] = str(boxes_only)
     assert main(["detect", "train", *data, *TINY, "--output", str(tmp_path / "m"), "--epochs", "1"]) == 2
-    assert main(["detect", "train", *data, *TINY, "--output", str(tmp_path / "f"), "--epochs", "1",
-                 "--detector", "fasterrcnn"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "train",
+                *data,
+                *TINY,
+                "--output",
+                str(tmp_path / "f"),
+                "--epochs",
+                "1",
+                "--detector",
+                "fasterrcnn",
+            ]
+        )
+        == 0
+    )
     assert "final_mask_ap" not in json.loads((tmp_path / "f" / "summary.json").read_text())
 
 
@@ -142,14 +212,56 @@ def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
     """Each process evaluates half the images; the gathered COCO metrics equal a one-process evaluation."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29519", "-m", "coat.cli", "detect", "train", *coco_set, *TINY,
-                             "--batch-size", "1", "--epochs", "1", "--output", str(out), "--device", "cpu"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29519",
+            "-m",
+            "coat.cli",
+            "detect",
+            "train",
+            *coco_set,
+            *TINY,
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert main(["detect", "eval", "--checkpoint", str(out / "best.safetensors"), "--images", coco_set[5],
-                 "--annotations", coco_set[7], "--workers", "0", "--output", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "eval",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--images",
+                coco_set[5],
+                "--annotations",
+                coco_set[7],
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["images"] == 4 and results["box_ap"] == pytest.approx(summary["best_box_ap"], abs=1e-6)

@@ -35,14 +35,16 @@ def test_generated_shapes_read_back_with_masks_inside_boxes(shapes):
         image, target = dataset[i]
         info = index.images[i]
         assert image.shape == (3, info["height"], info["width"]) and image.dtype == torch.float32
-        assert 0 <= image.min() and image.max() <= 1
+        assert image.min() >= 0 and image.max() <= 1
         k = len(index.annotations[info["id"]])
         assert target["boxes"].shape == (k, 4) and target["masks"].shape == (k, info["height"], info["width"])
         assert set(target["labels"].tolist()) <= {1, 2, 3}
         for box, mask in zip(target["boxes"], target["masks"]):
             ys, xs = torch.nonzero(mask, as_tuple=True)
             assert mask.sum() > 20  # a drawn shape, not a sliver
-            assert xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() <= box[3] + 1
+            assert (
+                xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() <= box[3] + 1
+            )
 
 
 def test_horizontal_flip_moves_boxes_and_masks_together(shapes):
@@ -59,6 +61,7 @@ def test_horizontal_flip_moves_boxes_and_masks_together(shapes):
 
 def test_ground_truth_as_detections_scores_ap_100_with_sparse_category_ids(shapes):
     images, annotations = shapes
+
     def sparse_ids(data):
         for category in data["categories"]:
             category["id"] *= 10
@@ -70,9 +73,13 @@ def test_ground_truth_as_detections_scores_ap_100_with_sparse_category_ids(shape
     assert index.category_ids == [10, 20, 30]
     dataset = CocoDetectionSet(index, detection_transform(0.0), with_masks=True)
     results = []
-    for image, target in (dataset[i] for i in range(len(dataset))):
-        output = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(len(target["labels"])),
-                  "masks": target["masks"][:, None].float()}  # [K, 1, H, W] like Mask R-CNN's
+    for _image, target in (dataset[i] for i in range(len(dataset))):
+        output = {
+            "boxes": target["boxes"],
+            "labels": target["labels"],
+            "scores": torch.ones(len(target["labels"])),
+            "masks": target["masks"][:, None].float(),
+        }  # [K, 1, H, W] like Mask R-CNN's
         results += to_coco_results(output, target["image_id"], index.category_ids)
     metrics = coco_metrics(index.coco, results, [im["id"] for im in index.images], with_masks=True)
     assert metrics["box_ap"] == pytest.approx(100.0, abs=0.5) and metrics["mask_ap"] == pytest.approx(100.0, abs=0.5)
@@ -89,14 +96,17 @@ def test_nothing_detected_is_ap_zero(shapes):
     assert metrics["box_ap"] == 0.0 and metrics["mask_ap50"] == 0.0
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["categories"].clear(), "has no categories"),
-    (lambda d: d.pop("annotations"), "has no 'annotations' list"),
-    (lambda d: d["annotations"][0].update(category_id=99), "category_id 99"),
-    (lambda d: d["annotations"][0].update(image_id=999), "image id 999"),
-    (lambda d: d["annotations"][0].pop("bbox"), "needs image_id, category_id and a bbox"),
-    (lambda d: d["images"][0].pop("file_name"), "lacks 'file_name'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["categories"].clear(), "has no categories"),
+        (lambda d: d.pop("annotations"), "has no 'annotations' list"),
+        (lambda d: d["annotations"][0].update(category_id=99), "category_id 99"),
+        (lambda d: d["annotations"][0].update(image_id=999), "image id 999"),
+        (lambda d: d["annotations"][0].pop("bbox"), "needs image_id, category_id and a bbox"),
+        (lambda d: d["images"][0].pop("file_name"), "lacks 'file_name'"),
+    ],
+)
 def test_bad_annotation_files_are_one_line_errors(shapes, change, message):
     images, annotations = shapes
     rewrite(annotations, change)
@@ -144,8 +154,9 @@ def test_warmup_then_step_schedule():
     assert lrs[10] == lrs[19] == 1.0 and lrs[20] == pytest.approx(0.1) and lrs[34] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("background", [{"id": 0, "name": "_background_"}, {"id": 9, "name": "Background"},
-                                        {"id": 0, "name": "unlabeled"}])
+@pytest.mark.parametrize(
+    "background", [{"id": 0, "name": "_background_"}, {"id": 9, "name": "Background"}, {"id": 0, "name": "unlabeled"}]
+)
 def test_unused_background_category_is_dropped_with_one_line(shapes, background, caplog):
     images, annotations = shapes  # labelme2coco style: a background category that no annotation uses
     rewrite(annotations, lambda data: data["categories"].insert(0, background))

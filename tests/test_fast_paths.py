@@ -49,9 +49,8 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
         assert chosen(model, x) == "cpu_inference"
         attention_mode = coat.create_model("coat_tiny", num_classes=3, coscale="attention").eval()
         assert chosen(attention_mode, x) == "reference"
-    with pytest.raises(ValueError, match="unknown fast paths"):
-        with fast.only("gpu_magic"):
-            pass
+    with pytest.raises(ValueError, match="unknown fast paths"), fast.only("gpu_magic"):
+        pass
 
 
 def test_the_seam_says_why_the_reference_runs():
@@ -79,8 +78,10 @@ def test_the_seam_says_why_the_reference_runs():
 def test_hooks_on_containers_that_never_run_leave_the_fast_path_on():
     """ptflops leaves forward hooks on model.stages and model.parallel_blocks (ModuleLists, never called)."""
     model = coat.create_model("coat_tiny", num_classes=3).eval()
-    handles = [m.register_forward_hook(lambda *args: None)
-               for m in (model.stages, model.parallel_blocks, model.stages[1].blocks, model.parallel_blocks[0].attns)]
+    handles = [
+        m.register_forward_hook(lambda *args: None)
+        for m in (model.stages, model.parallel_blocks, model.stages[1].blocks, model.parallel_blocks[0].attns)
+    ]
     with torch.no_grad():
         assert chosen(model, torch.randn(1, 3, 64, 64)) == "cpu_inference"
     for handle in handles:
@@ -94,8 +95,10 @@ def test_every_path_declares_every_config_field(path):
 
 
 def test_a_field_a_path_was_not_written_for_runs_the_reference(monkeypatch):
-    undeclared = dataclasses.replace(cpu_inference.PATH, config={
-        name: values for name, values in cpu_inference.PATH.config.items() if name != "qkv_bias"})
+    undeclared = dataclasses.replace(
+        cpu_inference.PATH,
+        config={name: values for name, values in cpu_inference.PATH.config.items() if name != "qkv_bias"},
+    )
     monkeypatch.setattr(fast, "FAST_PATHS", (undeclared,))
     model = coat.create_model("coat_lite_tiny", num_classes=3).eval()
     with torch.no_grad():
@@ -206,8 +209,11 @@ def test_fast_paths_never_write_into_the_input(grad):
 def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own_weights(monkeypatch):
     calls = []
     eager_blocks = cpu_inference.InferenceKernels.run_blocks
-    monkeypatch.setattr(cpu_inference.InferenceKernels, "run_blocks",
-                        lambda self, stage, x, block: calls.append(x.shape) or eager_blocks(self, stage, x, block))
+    monkeypatch.setattr(
+        cpu_inference.InferenceKernels,
+        "run_blocks",
+        lambda self, stage, x, block: calls.append(x.shape) or eager_blocks(self, stage, x, block),
+    )
     model = coat.create_model("coat_lite_tiny", num_classes=10).eval()
     changed = copy.deepcopy(model)
     with torch.no_grad():
@@ -224,10 +230,14 @@ def test_compiled_cpu_inference_runs_the_registered_operator_with_the_models_own
                 assert torch.allclose(compiled, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant, path", [
-    ("coat_lite_tiny", "cpu_inference"), ("coat_tiny", "cpu_inference"),
-    pytest.param("coat_lite_tiny", "reference", marks=pytest.mark.slow),  # Inductor compiles the modules: ~40 s
-])
+@pytest.mark.parametrize(
+    "variant, path",
+    [
+        ("coat_lite_tiny", "cpu_inference"),
+        ("coat_tiny", "cpu_inference"),
+        pytest.param("coat_lite_tiny", "reference", marks=pytest.mark.slow),  # Inductor compiles the modules: ~40 s
+    ],
+)
 def test_compiled_model_reproduces_the_fixture_logits(variant, path, authors_checkpoint):
     from test_parity import TOL, fixture
 

@@ -14,7 +14,9 @@ def test_written_files_honour_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
         assert current_umask() == umask
-        checkpoint = coat.save_checkpoint(coat.create_model("coat_lite_tiny", num_classes=2), tmp_path / "m.safetensors")
+        checkpoint = coat.save_checkpoint(
+            coat.create_model("coat_lite_tiny", num_classes=2), tmp_path / "m.safetensors"
+        )
         summary = write_json(tmp_path / "summary.json", {"top1": 1.0})
         raw = atomic_write(tmp_path / "raw.bin", lambda tmp: tmp.write_bytes(b"x"))
     finally:

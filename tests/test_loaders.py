@@ -5,6 +5,7 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from coat.train.config import RunConfig
 from coat.train.distributed import DistInfo, RepeatedAugSampler
 from coat.train.loaders import SeededSampler, run_loaders
 
@@ -20,8 +21,13 @@ class RandomDraws(Dataset):
 
 
 def epochs_of_batches(workers: int, epochs: int = 2, rank: int = 0) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    train, _ = run_loaders(RandomDraws(), RandomDraws(), DistInfo(rank=rank, world_size=2), seed=7, batch_size=2,
-                           val_batch_size=2, workers=workers, collate_fn=torch.utils.data.default_collate)
+    train, _ = run_loaders(
+        RandomDraws(),
+        RandomDraws(),
+        DistInfo(rank=rank, world_size=2),
+        RunConfig(seed=7, batch_size=2, workers=workers),
+        torch.utils.data.default_collate,
+    )
     runs = []
     for epoch in range(epochs):
         train.sampler.set_epoch(epoch)
@@ -42,8 +48,13 @@ def test_batches_do_not_depend_on_workers_or_their_lifetime():
     persistent_workers = epochs_of_batches(workers=2)
     assert_same_batches(in_main_process, persistent_workers)
     # a resumed run builds new loaders and starts at its epoch: it reads what the uninterrupted run read
-    resumed = run_loaders(RandomDraws(), RandomDraws(), DistInfo(rank=0, world_size=2), seed=7, batch_size=2,
-                          val_batch_size=2, workers=2, collate_fn=torch.utils.data.default_collate)[0]
+    resumed = run_loaders(
+        RandomDraws(),
+        RandomDraws(),
+        DistInfo(rank=0, world_size=2),
+        RunConfig(seed=7, batch_size=2, workers=2),
+        torch.utils.data.default_collate,
+    )[0]
     resumed.sampler.set_epoch(1)
     assert_same_batches(in_main_process[1:], [[(i, d) for i, d in resumed]])
 
@@ -54,16 +65,22 @@ def test_draws_differ_between_epochs_ranks_and_repeats():
     draws = [d for epoch in epochs + other_rank for _, batch in epoch for d in batch]
     assert len({tuple(d.tolist()) for d in draws}) == len(draws)  # 36 samples, 36 different augmentations
     # repeated augmentation: each image three times an epoch, on three processes, each time drawn differently
-    pairs = [pair for rank in range(3)
-             for pair in SeededSampler(RepeatedAugSampler(4, DistInfo(rank, 3), repeats=3, seed=0))]
+    pairs = [
+        pair for rank in range(3) for pair in SeededSampler(RepeatedAugSampler(4, DistInfo(rank, 3), repeats=3, seed=0))
+    ]
     indices = sorted(i for i, _ in pairs)
     assert len(indices) == 6 and indices[:3] == [indices[0]] * 3 and indices[3:] == [indices[3]] * 3
     assert len({s for _, s in pairs}) == 6
 
 
 def test_reading_leaves_the_callers_rng_as_it_was():
-    train, val = run_loaders(RandomDraws(), RandomDraws(), DistInfo(), seed=0, batch_size=4, val_batch_size=4,
-                             workers=0, collate_fn=torch.utils.data.default_collate)
+    train, _val = run_loaders(
+        RandomDraws(),
+        RandomDraws(),
+        DistInfo(),
+        RunConfig(seed=0, batch_size=4, workers=0),
+        torch.utils.data.default_collate,
+    )
     torch.manual_seed(3)
     expected = torch.rand(5)
     torch.manual_seed(3)
@@ -78,8 +95,13 @@ class ReaderPid(RandomDraws):
 
 
 def test_the_same_worker_processes_serve_every_epoch():
-    train, _ = run_loaders(ReaderPid(), ReaderPid(), DistInfo(), seed=0, batch_size=4, val_batch_size=4, workers=2,
-                           collate_fn=torch.utils.data.default_collate)
+    train, _ = run_loaders(
+        ReaderPid(),
+        ReaderPid(),
+        DistInfo(),
+        RunConfig(seed=0, batch_size=4, workers=2),
+        torch.utils.data.default_collate,
+    )
     readers = []
     for epoch in range(2):
         train.sampler.set_epoch(epoch)

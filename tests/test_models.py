@@ -13,8 +13,16 @@ COAT_FULL = [n for n in ALL if not coat.VARIANTS[n].config.is_lite]
 
 
 def test_list_models_is_the_table():
-    assert ALL == ["coat_lite_tiny", "coat_lite_mini", "coat_lite_small", "coat_lite_medium",
-                   "coat_lite_medium_384", "coat_tiny", "coat_mini", "coat_small"]
+    assert ALL == [
+        "coat_lite_tiny",
+        "coat_lite_mini",
+        "coat_lite_small",
+        "coat_lite_medium",
+        "coat_lite_medium_384",
+        "coat_tiny",
+        "coat_mini",
+        "coat_small",
+    ]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from fixture_weights import FIXTURES, authors_state_dict
 from safetensors.torch import save_file
 
 import coat
+from fixture_weights import FIXTURES, authors_state_dict
 
 pytestmark = pytest.mark.usefixtures("speed_path")  # on the reference and the fast paths
 
@@ -65,8 +65,9 @@ def test_timm_format_reproduces_fixture(variant, suffix, tmp_path):
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
 def test_fixture_with_autograd_on(variant, authors_checkpoint):
-    assert_matches_fixture(coat.create_model(variant, pretrained=authors_checkpoint(variant)), fixture(variant),
-                           grad=True)
+    assert_matches_fixture(
+        coat.create_model(variant, pretrained=authors_checkpoint(variant)), fixture(variant), grad=True
+    )
 
 
 @pytest.mark.parametrize("variant", FIXTURE_VARIANTS)
@@ -83,7 +84,8 @@ def test_shared_module_aliases_resolve_to_the_copy_the_authors_loader_keeps():
     # serial stack 1 has 2 blocks: the last block's alias wins over cpe1
     assert torch.equal(state["stages.0.cpe.proj.weight"], source["serial_blocks1.1.cpe.proj.weight"])
     # crpe2..4 are last seen inside parallel block 5
-    assert torch.equal(state["stages.1.crpe.convs.0.weight"],
-                       source["parallel_blocks.5.factoratt_crpe2.crpe.conv_list.0.weight"])
+    assert torch.equal(
+        state["stages.1.crpe.convs.0.weight"], source["parallel_blocks.5.factoratt_crpe2.crpe.conv_list.0.weight"]
+    )
     assert torch.equal(state["parallel_blocks.0.mlp.fc1.weight"], source["parallel_blocks.0.mlp4.fc1.weight"])
     assert any("unused norms" in n for n in notes)

@@ -1,17 +1,17 @@
 """Same weights, same outputs as timm's CoaT (which follows the authors' code) at other sizes.
 
-timm's CoaT only accepts sizes divisible by 32 (fixed at construction), so sizes that are not are checked by the flooring rule
-the authors' code follows: every stage's conv floors, so an image gives the same result as its
-top-left crop to (stage-1 grid x 4) pixels.
+timm's CoaT only accepts sizes divisible by 32 (fixed at construction), so sizes that are not are
+checked by the flooring rule the authors' code follows: every stage's conv floors, so an image gives
+the same result as its top-left crop to (stage-1 grid x 4) pixels.
 """
 
 import pytest
 import torch
 
 import coat
+from coat.bench import timm_pair
 
 pytestmark = pytest.mark.usefixtures("speed_path")  # on the reference and the fast paths
-from coat.bench import timm_pair
 
 pytest.importorskip("timm")  # a test extra; the fixture tests cover the authors' outputs without it
 

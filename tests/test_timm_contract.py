@@ -39,7 +39,7 @@ def test_forward_intermediates_equals_timms_with_every_option(name):
     with torch.no_grad():
         for kwargs in ({}, {"indices": 2}, {"indices": [0, -1]}, {"norm": True}, {"indices": [1, 3], "norm": True}):
             final, maps = ours.forward_intermediates(x, **kwargs)
-            peer_final, peer_maps = peer.forward_intermediates(x, **kwargs)
+            _peer_final, peer_maps = peer.forward_intermediates(x, **kwargs)
             assert len(maps) == len(peer_maps)
             for a, b in zip(maps, peer_maps):
                 assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max() + 1e-5, kwargs
@@ -56,7 +56,7 @@ def test_stop_early_and_nhwc(name):
         full = model.forward_intermediates(x, intermediates_only=True)
         early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
         assert torch.allclose(early[0], full[0], atol=1e-5)
-        final, maps = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
+        _final, maps = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
         assert torch.allclose(maps[1], full[1], atol=1e-5)
         nhwc = model.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
         assert all(torch.equal(a.permute(0, 3, 1, 2), b) for a, b in zip(nhwc, full))
@@ -70,8 +70,9 @@ def test_stop_early_and_nhwc(name):
 def test_rgb_weights_into_other_input_channels(authors_checkpoint, in_chans, caplog):
     rgb = coat.create_model("coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny")).eval()
     with caplog.at_level("INFO"):
-        model = coat.create_model("coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny"),
-                                  in_chans=in_chans).eval()
+        model = coat.create_model(
+            "coat_lite_tiny", pretrained=authors_checkpoint("coat_lite_tiny"), in_chans=in_chans
+        ).eval()
     assert f"from 3 to {in_chans} input channels" in caplog.text
     assert model.pretrained_cfg["input_size"][0] == in_chans
     gray = torch.randn(2, 1, 64, 64)

@@ -79,7 +79,9 @@ def test_forward_intermediates_features(name):
     assert len(outputs) == len(channels) == 4
     for expected_channels, reduction, out in zip(channels, reductions, outputs):
         assert out.shape[:2] == (1, expected_channels)
-        assert out.shape[2] <= math.ceil(SMALL[0] / reduction) + 1 and out.shape[3] <= math.ceil(SMALL[1] / reduction) + 1
+        assert (
+            out.shape[2] <= math.ceil(SMALL[0] / reduction) + 1 and out.shape[3] <= math.ceil(SMALL[1] / reduction) + 1
+        )
         assert not torch.isnan(out).any()
 
 
@@ -110,14 +112,17 @@ def test_fx_feature_extraction_forward_and_backward(name):
     hooks see and the logits, op for op, at two sizes from one graph; in train mode backward reaches every
     parameter. Module names as return nodes: the output of the last op inside that module."""
     model = coat.create_model(name, num_classes=42)
-    fx_model = create_feature_extractor(model, return_nodes={**{f"stages.{i}.blocks": str(i) for i in range(4)},
-                                                             "head": "logits"}).eval()
+    fx_model = create_feature_extractor(
+        model, return_nodes={**{f"stages.{i}.blocks": str(i) for i in range(4)}, "head": "logits"}
+    ).eval()
     model.eval()
     for size in (SMALL, (96, 67)):  # grids are read from the shapes at run time
         x = torch.randn(BATCH, 3, *size)
         hooked = {}
-        handles = [stage.register_forward_hook(lambda m, args, out, i=i: hooked.update({str(i): out[0]}))
-                   for i, stage in enumerate(model.stages)]
+        handles = [
+            stage.register_forward_hook(lambda m, args, out, i=i, hooked=hooked: hooked.update({str(i): out[0]}))
+            for i, stage in enumerate(model.stages)
+        ]
         with torch.no_grad():
             logits = model(x)  # hooks on the stages: the reference modules run
             for handle in handles:

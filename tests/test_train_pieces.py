@@ -20,7 +20,12 @@ def test_recipe_defaults_follow_the_data():
     imagenet = resolve({"data": "/some/folder"})
     assert imagenet.recipe == "imagenet"
     assert (imagenet.mixup, imagenet.cutmix, imagenet.label_smoothing, imagenet.ema_decay) == (0.8, 1.0, 0.1, 0.99996)
-    assert (imagenet.warmup_epochs, imagenet.weight_decay, imagenet.repeated_aug, imagenet.drop_path) == (5, 0.05, 3, 0.1)
+    assert (imagenet.warmup_epochs, imagenet.weight_decay, imagenet.repeated_aug, imagenet.drop_path) == (
+        5,
+        0.05,
+        3,
+        0.1,
+    )
 
 
 def test_per_variant_imagenet_settings():
@@ -38,9 +43,17 @@ def test_yaml_then_flags_override_recipe(tmp_path):
     assert yaml.safe_load(to_yaml(config))["epochs"] == 3
 
 
-@pytest.mark.parametrize("bad, match", [({"recipe": "fast"}, "unknown recipe"), ({"model": "vit"}, "unknown model"),
-                                        ({"input_size": 16}, "at least 32"), ({"epochs": 0}, "positive"),
-                                        ({"workers": -1}, "--workers must be 0"), ({"seed": -3}, "--seed must be 0")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"recipe": "fast"}, "unknown recipe"),
+        ({"model": "vit"}, "unknown model"),
+        ({"input_size": 16}, "at least 32"),
+        ({"epochs": 0}, "positive"),
+        ({"workers": -1}, "--workers must be 0"),
+        ({"seed": -3}, "--seed must be 0"),
+    ],
+)
 def test_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
         resolve(bad)
@@ -96,7 +109,7 @@ def test_repeated_augmentation_sampler():
 
 def test_shard_sampler_covers_everything_once():
     shards = [list(ShardSampler(10, DistInfo(r, 3))) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(10))
+    assert sorted(index for shard in shards for index in shard) == list(range(10))
 
 
 def test_transforms_and_mixing():
@@ -108,7 +121,7 @@ def test_transforms_and_mixing():
     e = Preprocessing(input_size=32, crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3).transforms()(image)
     assert e.shape == (3, 32, 32)
     mix = batch_mixing(0.8, 1.0, num_classes=4)
-    images, targets = mix(torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1]))
+    _images, targets = mix(torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1]))
     assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
     assert batch_mixing(0, 0, 4) is None
 
@@ -146,6 +159,7 @@ def test_embedded_data_is_augmented_by_batch():
     from coat.train.classify import ClassificationTask
     from coat.train.config import resolve
     from coat.train.distributed import DistInfo
+    from coat.train.loop import Runtime
 
     task = ClassificationTask(resolve({"batch_size": 16, "rotation": 10.0}))
     train, val = task.build_data(DistInfo(0, 1))
@@ -153,9 +167,10 @@ def test_embedded_data_is_augmented_by_batch():
     assert images.dtype == torch.uint8 and images.shape == (16, 1, 28, 28) and skipped == 0
     assert isinstance(val.dataset, Preloaded) and val.dataset[0][0].shape == (3, 32, 32)
     model = task.build_model()
-    loss, count = task.batch_loss(model, (images, targets, 0), torch.device("cpu"), contextlib.nullcontext())
+    runtime = Runtime(torch.device("cpu"), DistInfo(0, 1), contextlib.nullcontext())
+    loss, count = task.batch_loss(model, (images, targets, 0), runtime)
     assert count == 16 and torch.isfinite(loss)
-    assert "augmented by batch" in task.describe(DistInfo(0, 1), torch.device("cpu"), 1e-3)
+    assert "augmented by batch" in task.describe(runtime, 1e-3)
     per_image = ClassificationTask(resolve({"batch_size": 16, "hflip": 0.5}))  # a flip: the per-image path
     images, _, _ = next(iter(per_image.build_data(DistInfo(0, 1))[0]))
     assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32) and per_image.batch_transform is None
@@ -183,16 +198,26 @@ def test_pixel_augment_on_device_sends_uint8_crops_and_trains(image_folder):
     from coat.train.classify import ClassificationTask
     from coat.train.config import resolve
     from coat.train.distributed import DistInfo
+    from coat.train.loop import Runtime
 
-    task = ClassificationTask(resolve({"data": str(image_folder), "batch_size": 4, "input_size": 32, "workers": 0,
-                                       "pixel_augment_on_device": True}))
+    task = ClassificationTask(
+        resolve(
+            {
+                "data": str(image_folder),
+                "batch_size": 4,
+                "input_size": 32,
+                "workers": 0,
+                "pixel_augment_on_device": True,
+            }
+        )
+    )
     train, _ = task.build_data(DistInfo(0, 1))
     images, targets, _ = next(iter(train))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
-    loss, count = task.batch_loss(task.build_model(), (images, targets, 0), torch.device("cpu"),
-                                  contextlib.nullcontext())
+    runtime = Runtime(torch.device("cpu"), DistInfo(0, 1), contextlib.nullcontext())
+    loss, count = task.batch_loss(task.build_model(), (images, targets, 0), runtime)
     assert count == 4 and torch.isfinite(loss)
-    assert "pixel augmentation on the device" in task.describe(DistInfo(0, 1), torch.device("cpu"), 1e-3)
+    assert "pixel augmentation on the device" in task.describe(runtime, 1e-3)
 
 
 def test_pick_device_gives_each_process_of_a_node_its_gpu(monkeypatch):
@@ -203,9 +228,74 @@ def test_pick_device_gives_each_process_of_a_node_its_gpu(monkeypatch):
     assert [pick_device("auto", rank) for rank in (0, 1)] == [torch.device("cuda:0"), torch.device("cuda:1")]
     assert pick_device("cuda", 1) == torch.device("cuda:1") and pick_device("cuda:0", 1) == torch.device("cuda:0")
     assert pick_device("cpu", 1) == torch.device("cpu")
-    with pytest.raises(ValueError, match="process 2 of this node has no GPU of its own: 2 CUDA GPU.*--device cpu"):
+    with pytest.raises(ValueError, match=r"process 2 of this node has no GPU of its own: 2 CUDA GPU.*--device cpu"):
         pick_device("auto", 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto", 1) == torch.device("cpu")
     with pytest.raises(ValueError, match="no CUDA GPU is available; use --device cpu"):
         pick_device("cuda")
+
+
+def _training_state(epoch: int = 3):
+    from coat.train.state import Progress, TrainingState, rng_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    history = [{"epoch": e + 1, "val_top1": 50.0 + e} for e in range(epoch)]
+    return TrainingState(
+        model_name="coat_lite_tiny",
+        progress=Progress(epoch, 52.0, 12.5, 960, history),
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler={"last_epoch": 7},
+        ema=None,
+        scaler=None,
+        rng=[rng_state(), rng_state()],
+    )
+
+
+def test_training_state_round_trips_through_one_writer_and_one_reader(tmp_path):
+    from coat.train.state import load_training_state, save_training_state
+
+    state = _training_state()
+    save_training_state(tmp_path / "last.pt", state)
+    loaded = load_training_state(tmp_path / "last.pt")
+    assert loaded.progress == state.progress and loaded.model_name == state.model_name
+    assert torch.equal(loaded.model["weight"], state.model["weight"]) and loaded.scheduler == {"last_epoch": 7}
+    assert torch.equal(loaded.rng_of(1)["torch"], state.rng[1]["torch"])
+    assert torch.equal(loaded.rng_of(5)["torch"], state.rng[0]["torch"])  # a rank the saved run did not have
+
+
+def test_last_pt_written_before_the_format_had_a_version_still_loads(tmp_path):
+    """The flat dict older releases wrote (no format_version), read by today's reader."""
+    from coat.train.state import load_training_state
+
+    state = _training_state(epoch=2)
+    old = {
+        "model": state.model,
+        "optimizer": state.optimizer,
+        "scheduler": state.scheduler,
+        "ema": None,
+        "scaler": None,
+        "epoch": 2,
+        "best_score": 52.0,
+        "history": state.progress.history,
+        "model_name": "coat_lite_tiny",
+        "seconds_training": 12.5,
+        "images_trained": 960,
+        "rng": state.rng,
+    }
+    torch.save(old, tmp_path / "last.pt")
+    loaded = load_training_state(tmp_path / "last.pt")
+    assert loaded.progress.epoch == 2 and loaded.progress.images_trained == 960 and loaded.ema is None
+
+
+def test_last_pt_from_a_newer_release_is_named(tmp_path):
+    from coat.checkpoint import CheckpointError
+    from coat.train.state import STATE_FORMAT_VERSION, load_training_state, save_training_state
+
+    save_training_state(tmp_path / "last.pt", _training_state())
+    flat = torch.load(tmp_path / "last.pt", weights_only=True)
+    torch.save({**flat, "format_version": STATE_FORMAT_VERSION + 1}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="newer coat"):
+        load_training_state(tmp_path / "last.pt")

@@ -10,17 +10,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import file_modes
-from ddp_reference import make_batch, make_model
 from safetensors.torch import load_file
 
 import coat
 from coat.cli import main
 from coat.train.classify import train_step
 from coat.train.optim import build_optimizer
+from conftest import file_modes
+from ddp_reference import make_batch, make_model
 
-TINY = ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "8", "--workers", "0", "--recipe", "small",
-        "--lr", "1e-3", "--warmup-epochs", "0.5", "--no-amp"]
+TINY = [
+    "--model",
+    "coat_lite_tiny",
+    "--input-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--recipe",
+    "small",
+    "--lr",
+    "1e-3",
+    "--warmup-epochs",
+    "0.5",
+    "--no-amp",
+]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -30,8 +45,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys, group_umask):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY,
-                 "--ema-decay", "0.9"]) == 0
+    assert (
+        main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "3", *TINY, "--ema-decay", "0.9"])
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     for key in ("best_top1", "final_top1", "epochs", "images_per_second", "model", "checkpoint"):
         assert key in summary
@@ -48,8 +65,10 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys, group_uma
     assert best.preprocessing.input_size == 32 and best.config.num_classes == 3
     del stdout
 
-    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder),
-                 "--workers", "0"]) == 0
+    assert (
+        main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder), "--workers", "0"])
+        == 0
+    )
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["images"] == 12 and set(results["per_class_accuracy"]) == {"circle", "square", "stripes"}
     assert results["top1"] == pytest.approx(summary["best_top1"])
@@ -78,8 +97,25 @@ def test_progress_bar_shows_running_mean_loss_and_speed_at_log_intervals(image_f
 
     monkeypatch.setattr(loop, "tqdm", RecordingBar)
     out = tmp_path / "run"  # 24 training images in batches of 4: 6 steps an epoch, read at steps 1, 3, 5 and 6
-    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "2", *TINY,
-                 "--batch-size", "4", "--log-interval", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--output",
+                str(out),
+                "--epochs",
+                "2",
+                *TINY,
+                "--batch-size",
+                "4",
+                "--log-interval",
+                "2",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epoch_bars = [bar for bar in bars if bar.postfixes]
     assert [len(bar.postfixes) for bar in epoch_bars] == [4, 4]
@@ -92,9 +128,24 @@ def test_progress_bar_shows_running_mean_loss_and_speed_at_log_intervals(image_f
 def test_ddp_step_equals_single_process_double_batch(tmp_path):
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29517", str(Path(__file__).parent / "ddp_step_worker.py"),
-                             str(out), "4"], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            str(Path(__file__).parent / "ddp_step_worker.py"),
+            str(out),
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     ddp = load_file(str(out))
     model = make_model()
@@ -119,17 +170,46 @@ def test_ddp_step_equals_single_process_double_batch(tmp_path):
 def test_a_non_finite_loss_on_one_process_stops_every_process(image_folder, tmp_path):
     # 24 images, 4 per process: 3 steps an epoch; rank 1's loss is NaN at step 2, read at step 3 (the epoch's last)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [*TINY, "--batch-size", "4", "--epochs", "2", "--data", str(image_folder), "--output", str(tmp_path / "run"),
-            "--device", "cpu"]  # Gloo on CPUs, also where one GPU could not serve both processes
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29518", str(Path(__file__).parent / "ddp_nonfinite_worker.py"),
-                             "train", *args], capture_output=True, text=True, timeout=300, env=env)
+    args = [
+        *TINY,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--data",
+        str(image_folder),
+        "--output",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    ]  # Gloo on CPUs, also where one GPU could not serve both processes
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29518",
+            str(Path(__file__).parent / "ddp_nonfinite_worker.py"),
+            "train",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode != 0
     stopped = [line for line in result.stderr.splitlines() if "coat train: error: the loss was not finite" in line]
     assert len(stopped) == 2, result.stderr[-3000:]  # each process stopped itself; none was left waiting
     # rank 1's NaN at step 2 reaches both processes' weights through DDP's gradient average: step 3 is NaN on both
-    assert all("not finite in 3 step(s) (over all processes) of epoch 1 up to step 3; every process stopped, "
-               "no checkpoint was written yet" in line for line in stopped), stopped
+    assert all(
+        "not finite in 3 step(s) (over all processes) of epoch 1 up to step 3; every process stopped, "
+        "no checkpoint was written yet" in line
+        for line in stopped
+    ), stopped
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.safetensors").exists()
 
 
@@ -142,8 +222,11 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
 
     killed = tmp_path / "killed"
     args += ["--workers", "2"]  # persistent workers: augmentations are drawn from per-sample seeds all the same
-    proc = subprocess.Popen([sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -156,8 +239,10 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
     assert "resumed" in resumed.stderr + resumed.stdout
 
     def metrics(run):
-        return [{k: v for k, v in json.loads(x).items() if "second" not in k}
-                for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(x).items() if "second" not in k}
+            for x in (run / "metrics.jsonl").read_text().splitlines()
+        ]
 
     a, b = metrics(straight), metrics(killed)
     assert [r["epoch"] for r in b] == [1, 2, 3]
@@ -178,30 +263,50 @@ def _one_line_exit_2(result: subprocess.CompletedProcess, *needles: str) -> None
 
 
 def test_missing_data_folder(tmp_path):
-    _one_line_exit_2(run_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY),
-                     "does not exist")
+    _one_line_exit_2(
+        run_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY), "does not exist"
+    )
 
 
 def test_empty_data_folder(tmp_path):
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     (tmp_path / "d" / "val" / "a").mkdir(parents=True)
-    _one_line_exit_2(run_cli("train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), *TINY),
-                     "no images")
+    _one_line_exit_2(
+        run_cli("train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), *TINY), "no images"
+    )
 
 
 def test_class_mismatch(image_folder, tmp_path):
     (image_folder / "val" / "stripes").rename(image_folder / "val" / "zigzag")
-    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY),
-                     "classes differ", "zigzag")
+    _one_line_exit_2(
+        run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY),
+        "classes differ",
+        "zigzag",
+    )
 
 
 def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
     bad = image_folder / "train" / "square" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1",
-                             *TINY), str(bad))
-    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o2"), "--epochs", "1",
-                 "--skip-corrupt", *TINY]) == 0
+    _one_line_exit_2(
+        run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1", *TINY), str(bad)
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--output",
+                str(tmp_path / "o2"),
+                "--epochs",
+                "1",
+                "--skip-corrupt",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "o2" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["skipped_images"] >= 1
 
@@ -213,19 +318,46 @@ def test_existing_run_is_not_overwritten(image_folder, tmp_path):
     (out / "notes.txt").write_text("mine")
     _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(out), *TINY), "--overwrite")
     assert (out / "metrics.jsonl").read_text() == "{}\n"
-    assert main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "1", "--overwrite",
-                 *TINY]) == 0
+    assert (
+        main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "1", "--overwrite", *TINY]) == 0
+    )
     assert (out / "notes.txt").read_text() == "mine"  # only run files are replaced
 
 
 def test_pretrained_of_another_variant(image_folder, authors_checkpoint, tmp_path):
-    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"),
-                             "--pretrained", str(authors_checkpoint("coat_tiny")), *TINY), "does not fit")
+    _one_line_exit_2(
+        run_cli(
+            "train",
+            "--data",
+            str(image_folder),
+            "--output",
+            str(tmp_path / "o"),
+            "--pretrained",
+            str(authors_checkpoint("coat_tiny")),
+            *TINY,
+        ),
+        "does not fit",
+    )
 
 
 def test_fine_tune_from_pretrained_reinitialises_head(image_folder, authors_checkpoint, tmp_path):
-    assert main(["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1",
-                 "--pretrained", str(authors_checkpoint("coat_lite_tiny")), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--output",
+                str(tmp_path / "o"),
+                "--epochs",
+                "1",
+                "--pretrained",
+                str(authors_checkpoint("coat_lite_tiny")),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert coat.load_model(tmp_path / "o" / "best.safetensors").head.weight.shape == (3, 320)
 
 
@@ -255,18 +387,59 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path, m
 def test_coat_train_under_torchrun_two_processes(image_folder, tmp_path):
     out = tmp_path / "ddp_run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29518", "-m", "coat.cli", "train", "--data", str(image_folder),
-                             "--output", str(out), "--epochs", "2", "--repeated-aug", "2", *TINY, "--device", "cpu"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29518",
+            "-m",
+            "coat.cli",
+            "train",
+            "--data",
+            str(image_folder),
+            "--output",
+            str(out),
+            "--epochs",
+            "2",
+            "--repeated-aug",
+            "2",
+            *TINY,
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0
     # the metrics reduced over the two processes equal a single-process evaluation of the same weights
-    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder),
-                 "--workers", "0", "--output", str(tmp_path / "eval"), "--device", "cpu"]) == 0  # where it trained
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best.safetensors"),
+                "--data",
+                str(image_folder),
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )  # where it trained
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
 

@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("triton")  # comes with PyTorch's Linux wheels; absent on some platforms
 
-from coat.fast import triton_attention  # noqa: E402
-from coat.models.layers import factorized_context  # noqa: E402
+from coat.fast import triton_attention
+from coat.models.layers import factorized_context
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -50,7 +50,7 @@ def test_bfloat16_inputs_are_computed_in_float32():
 
 
 def test_large_logits_do_not_overflow():
-    qkv, k, v = qkv_views(1, 1, 100, 8, torch.float32)
+    _qkv, k, v = qkv_views(1, 1, 100, 8, torch.float32)
     with torch.no_grad():
         k.mul_(300.0)  # exp(600) overflows float32 unless the maxima are subtracted
     context = triton_attention.factorized_context(k, v)
@@ -71,8 +71,11 @@ def test_read_values_and_gradients_equal_the_reference(tokens, dim, channels_las
     q = qkv.permute(2, 0, 3, 1, 4)[0]
     context = torch.randn(2, 3, dim, dim, device=DEVICE, requires_grad=True)
     # CRPE's conv output viewed as [B, h, H*W, d]: channel-contiguous (channels-last conv) or token-contiguous
-    image = (torch.randn(2, tokens - 1, 3, dim, device=DEVICE).permute(0, 2, 1, 3) if channels_last_conv else
-             torch.randn(2, 3, dim, tokens - 1, device=DEVICE).transpose(2, 3))
+    image = (
+        torch.randn(2, tokens - 1, 3, dim, device=DEVICE).permute(0, 2, 1, 3)
+        if channels_last_conv
+        else torch.randn(2, 3, dim, tokens - 1, device=DEVICE).transpose(2, 3)
+    )
     encoded = image.detach().requires_grad_()
     upstream = torch.randn(2, tokens, 3 * dim, device=DEVICE)
     leaves = (qkv, context, encoded)

@@ -62,7 +62,9 @@ def test_predict_matches_the_model(trained_checkpoint, images, capsys):
 
 
 def test_predict_csv_table_and_glob(trained_checkpoint, images, capsys):
-    assert main(["predict", str(images / "*.png"), "--checkpoint", str(trained_checkpoint), "--csv", "--topk", "1"]) == 0
+    assert (
+        main(["predict", str(images / "*.png"), "--checkpoint", str(trained_checkpoint), "--csv", "--topk", "1"]) == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "path,rank,label,index,prob" and len(lines) == 4
     assert main(["predict", str(images / "0.png"), "--checkpoint", str(trained_checkpoint)]) == 0
@@ -70,21 +72,37 @@ def test_predict_csv_table_and_glob(trained_checkpoint, images, capsys):
 
 
 def test_thousand_class_checkpoint_gets_imagenet_names(authors_checkpoint, images, capsys):
-    assert main(["predict", str(images / "0.png"), "--checkpoint", str(authors_checkpoint("coat_lite_tiny")),
-                 "--json"]) == 0
+    assert (
+        main(["predict", str(images / "0.png"), "--checkpoint", str(authors_checkpoint("coat_lite_tiny")), "--json"])
+        == 0
+    )
     labels = {t["label"] for t in json.loads(capsys.readouterr().out)[0]["topk"]}
     names = coat.inference.imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench" and labels <= set(names)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["missing.png"], "does not exist"),
-    (["notes.png"], "cannot read image"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["missing.png"], "does not exist"),
+        (["notes.png"], "cannot read image"),
+    ],
+)
 def test_predict_bad_input(trained_checkpoint, tmp_path, args, needle):
     (tmp_path / "notes.png").write_text("not an image")
-    result = subprocess.run([sys.executable, "-m", "coat.cli", "predict", *[str(tmp_path / a) for a in args],
-                             "--checkpoint", str(trained_checkpoint)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coat.cli",
+            "predict",
+            *[str(tmp_path / a) for a in args],
+            "--checkpoint",
+            str(trained_checkpoint),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
@@ -111,8 +129,13 @@ def test_export_cli_onnx_parity(trained_checkpoint, tmp_path, capsys, group_umas
 def test_onnx_export_parallel_blocks(tmp_path):
     """The co-scale path (resizing between scales) in ONNX, on a small CoaT to keep the export quick."""
     pytest.importorskip("onnxruntime")
-    config = coat.CoaTConfig(embed_dims=(32, 48, 48, 48), serial_depths=(1, 1, 1, 1), parallel_depth=1,
-                             mlp_ratios=(2, 2, 2, 2), num_classes=5)
+    config = coat.CoaTConfig(
+        embed_dims=(32, 48, 48, 48),
+        serial_depths=(1, 1, 1, 1),
+        parallel_depth=1,
+        mlp_ratios=(2, 2, 2, 2),
+        num_classes=5,
+    )
     model = coat.CoaT(config)
     diffs = export_onnx(model, tmp_path / "m.onnx")
     assert len(diffs) == 2 and all(d < 1e-4 for d in diffs.values())
@@ -140,11 +163,37 @@ def test_explain_writes_png_of_expected_size(trained_checkpoint, images, tmp_pat
 
 def test_bench_cli_with_timm(capsys):
     pytest.importorskip("timm")
-    assert main(["bench", "--model", "coat_lite_tiny", "--batch-size", "1", "--size", "64", "--warmup", "0",
-                 "--repeats", "1", "--compare", "timm", "--dtypes", "fp32", "bf16", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "coat_lite_tiny",
+                "--batch-size",
+                "1",
+                "--size",
+                "64",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--compare",
+                "timm",
+                "--dtypes",
+                "fp32",
+                "bf16",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
-    assert {(r["impl"], r["dtype"]) for r in rows} == {("coat", "fp32"), ("timm", "fp32"), ("coat", "bf16"),
-                                                       ("timm", "bf16")}
+    assert {(r["impl"], r["dtype"]) for r in rows} == {
+        ("coat", "fp32"),
+        ("timm", "fp32"),
+        ("coat", "bf16"),
+        ("timm", "bf16"),
+    }
     assert all(r["images_per_second"] > 0 for r in rows)
     assert all("speedup_vs_timm" in r for r in rows if r["impl"] == "coat")
 
@@ -157,8 +206,11 @@ def test_torch_hub_local():
 
 def _hub_folder(folder: Path, with_names: bool) -> Path:
     folder.mkdir(parents=True)
-    state = {k: v.clone() for k, v in authors_state_dict("coat_lite_tiny").items()
-             if k.split(".")[0] not in ("norm1", "norm2", "norm3")}
+    state = {
+        k: v.clone()
+        for k, v in authors_state_dict("coat_lite_tiny").items()
+        if k.split(".")[0] not in ("norm1", "norm2", "norm3")
+    }
     save_file(state, str(folder / "model.safetensors"))
     config = {"architecture": "coat_lite_tiny", "num_classes": 1000}
     if with_names:

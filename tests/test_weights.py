@@ -24,9 +24,16 @@ from coat.inference import imagenet_class_names
 from coat.weights import WEIGHTS, Weights, get_weights
 from fixture_weights import authors_state_dict
 
-AUTHORS_FILES = ["coat_lite_tiny_e88e96b0.pth", "coat_lite_mini_6b4a8ae5.pth", "coat_lite_small_8d362f48.pth",
-                 "coat_lite_medium_a750cd63.pth", "coat_lite_medium_384x384_f9129688.pth", "coat_tiny_c6efc33c.pth",
-                 "coat_mini_40667eec.pth", "coat_small_7479cf9b.pth"]
+AUTHORS_FILES = [
+    "coat_lite_tiny_e88e96b0.pth",
+    "coat_lite_mini_6b4a8ae5.pth",
+    "coat_lite_small_8d362f48.pth",
+    "coat_lite_medium_a750cd63.pth",
+    "coat_lite_medium_384x384_f9129688.pth",
+    "coat_tiny_c6efc33c.pth",
+    "coat_mini_40667eec.pth",
+    "coat_small_7479cf9b.pth",
+]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -91,8 +98,11 @@ def _authors_bytes(tmp_path: Path, variant: str = "coat_lite_tiny") -> bytes:
 
 
 def _timm_bytes(tmp_path: Path, variant: str = "coat_lite_tiny") -> bytes:
-    state = {k: v.contiguous() for k, v in authors_state_dict(variant).items()
-             if k.split(".")[0] not in ("norm1", "norm2", "norm3")}
+    state = {
+        k: v.contiguous()
+        for k, v in authors_state_dict(variant).items()
+        if k.split(".")[0] not in ("norm1", "norm2", "norm3")
+    }
     save_file(state, str(tmp_path / "timm.safetensors"))
     return (tmp_path / "timm.safetensors").read_bytes()
 
@@ -100,8 +110,14 @@ def _timm_bytes(tmp_path: Path, variant: str = "coat_lite_tiny") -> bytes:
 def _test_entry(monkeypatch, data: bytes, prefix: str | None = None) -> Weights:
     """A table entry for the served file (the real entries carry the real files' digests)."""
     prefix = prefix or hashlib.sha256(data).hexdigest()[:8]
-    entry = Weights("coat_lite_tiny", "test", f"coat_lite_tiny_{prefix}.pth", get_weights("coat_lite_tiny.authors")
-                    .preprocessing, {"top1": 77.5}, sha256_prefix=prefix)
+    entry = Weights(
+        "coat_lite_tiny",
+        "test",
+        f"coat_lite_tiny_{prefix}.pth",
+        get_weights("coat_lite_tiny.authors").preprocessing,
+        {"top1": 77.5},
+        sha256_prefix=prefix,
+    )
     monkeypatch.setitem(WEIGHTS, entry.name, entry)
     return entry
 
@@ -128,15 +144,18 @@ def test_every_variant_has_both_sources():
     assert sorted(w.file_name for w in WEIGHTS.values() if w.tag == "authors") == sorted(AUTHORS_FILES)
 
 
-@pytest.mark.parametrize("name, size, resize", [("coat_lite_tiny.in1k", 224, 248), ("coat_lite_tiny.authors", 224, 256),
-                                                ("coat_lite_medium_384.in1k", 384, 384)])
+@pytest.mark.parametrize(
+    "name, size, resize",
+    [("coat_lite_tiny.in1k", 224, 248), ("coat_lite_tiny.authors", 224, 256), ("coat_lite_medium_384.in1k", 384, 384)],
+)
 def test_weights_transforms(name, size, resize):
     w = get_weights(name)
     assert w.preprocessing.resize_size == resize
     out = w.transforms()(Image.new("RGB", (500, 300), (10, 200, 30)))
     assert out.shape == (3, size, size) and out.dtype == torch.float32
     expected = (torch.tensor([10, 200, 30]) / 255 - torch.tensor(w.preprocessing.mean)) / torch.tensor(
-        w.preprocessing.std)
+        w.preprocessing.std
+    )
     assert torch.allclose(out[:, size // 2, size // 2], expected, atol=1e-5)
 
 
@@ -149,7 +168,7 @@ def test_squash_resizes_both_sides():
 
 
 def test_unknown_weights_name():
-    with pytest.raises(ValueError, match="unknown weights 'coat_tiny.in22k'"):
+    with pytest.raises(ValueError, match=r"unknown weights 'coat_tiny\.in22k'"):
         get_weights("coat_tiny.in22k")
 
 
@@ -177,8 +196,11 @@ def test_digest_mismatch_deletes_the_download(server, tmp_path, monkeypatch):
     data = _authors_bytes(tmp_path)
     entry = _test_entry(monkeypatch, data, prefix="00000000")
     server.files[f"/authors/{entry.file_name}"] = data
-    with pytest.raises(DownloadError, match=f"has SHA-256 {hashlib.sha256(data).hexdigest()}, but .* must start "
-                                            "with 00000000; the download was deleted"):
+    with pytest.raises(
+        DownloadError,
+        match=f"has SHA-256 {hashlib.sha256(data).hexdigest()}, but .* must start "
+        "with 00000000; the download was deleted",
+    ):
         coat.create_model("coat_lite_tiny", pretrained=entry.name)
     assert not any((tmp_path / "cache" / "authors").iterdir())
 
@@ -218,7 +240,7 @@ def test_hub_default_weights_with_pretrained_true(server, tmp_path, monkeypatch)
     assert len(server.gets) == gets
     blob = next((tmp_path / "cache" / "huggingface").rglob("blobs/*"))
     blob.write_bytes(data[:-4] + b"\0\0\0\0")
-    with pytest.raises(DownloadError, match="is damaged .* run `coat download coat_lite_tiny.in1k`"):
+    with pytest.raises(DownloadError, match=r"is damaged .* run `coat download coat_lite_tiny\.in1k`"):
         coat.create_model("coat_lite_tiny", pretrained=True)
     monkeypatch.delenv("COAT_OFFLINE")
     coat.create_model("coat_lite_tiny", pretrained=True)  # online: fetched again
@@ -227,23 +249,38 @@ def test_hub_default_weights_with_pretrained_true(server, tmp_path, monkeypatch)
 
 def test_hf_hub_prefix_with_config(server, tmp_path):
     server.files["/org/digits/resolve/main/model.safetensors"] = _timm_bytes(tmp_path)
-    config = {"architecture": "coat_lite_tiny", "num_classes": 1000,
-              "pretrained_cfg": {"input_size": [3, 256, 256], "crop_pct": 0.95, "interpolation": "bilinear",
-                                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_mode": "center"}}
+    config = {
+        "architecture": "coat_lite_tiny",
+        "num_classes": 1000,
+        "pretrained_cfg": {
+            "input_size": [3, 256, 256],
+            "crop_pct": 0.95,
+            "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "crop_mode": "center",
+        },
+    }
     server.files["/org/digits/resolve/main/config.json"] = json.dumps(config).encode()
     checkpoint = coat.read_checkpoint("hf-hub:org/digits")
     assert checkpoint.variant == "coat_lite_tiny"
     model = coat.create_model("coat_lite_tiny", pretrained=checkpoint)
     assert (model.preprocessing.input_size, model.preprocessing.crop_pct, model.preprocessing.interpolation) == (
-        256, 0.95, "bilinear")
-    with pytest.raises(DownloadError, match="org/none has no file model.safetensors"):
+        256,
+        0.95,
+        "bilinear",
+    )
+    with pytest.raises(DownloadError, match=r"org/none has no file model\.safetensors"):
         coat.read_checkpoint("hf-hub:org/none")
 
 
 def test_hub_offline_miss_names_the_download_command(server, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DownloadError, match=r"timm/coat_mini.in1k/model.safetensors is not in the cache .* "
-                                            r"`coat download coat_mini.in1k`"):
+    with pytest.raises(
+        DownloadError,
+        match=r"timm/coat_mini.in1k/model.safetensors is not in the cache .* "
+        r"`coat download coat_mini.in1k`",
+    ):
         coat.create_model("coat_mini", pretrained=True)
     assert server.gets == []
 

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 __all__ = [
     "VARIANTS",
     "CheckpointError",
-    "CoatError",
     "CoaT",
     "CoaTConfig",
+    "CoatError",
     "Weights",
     "create_model",
     "fast",

@@ -12,11 +12,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from .checkpoint import load_state_into, authors_to_coat
+from .checkpoint import authors_to_coat, load_state_into
 from .extras import require
 from .factory import create_model, list_models
 
@@ -61,8 +62,10 @@ def machine_line() -> str:
     require("peers")
     import timm
 
-    return (f"machine: {_cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, timm {timm.__version__}")
+    return (
+        f"machine: {_cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, timm {timm.__version__}"
+    )
 
 
 def _cpu_name() -> str:
@@ -107,8 +110,7 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -138,8 +140,13 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], batch_size: int, warmup: int = 2, repeats: int = 10,
-                sync: Callable[[], None] = lambda: None) -> dict[str, Timing]:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    batch_size: int,
+    warmup: int = 2,
+    repeats: int = 10,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, Timing]:
     """Time each callable ``repeats`` times, alternating between them so drift hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -155,9 +162,25 @@ def interleaved(fns: dict[str, Callable[[], object]], batch_size: int, warmup: i
     return {name: Timing(name, s, batch_size) for name, s in seconds.items()}
 
 
-def benchmark_table(name: str, batch_size: int, size: int, modes: list[str], dtypes: list[str],
-                    device: torch.device, compare: str | None = None, warmup: int = 2,
-                    repeats: int = 10) -> list[dict]:
+def _inference_call(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device_type: str, bf16: bool
+) -> torch.Tensor:
+    """``model(x)`` without autograd, under bf16 autocast if ``bf16``."""
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        return model(x)
+
+
+def benchmark_table(
+    name: str,
+    batch_size: int,
+    size: int,
+    modes: list[str],
+    dtypes: list[str],
+    device: torch.device,
+    compare: str | None = None,
+    warmup: int = 2,
+    repeats: int = 10,
+) -> list[dict]:
     """Inference rows for every (mode, dtype); with ``compare="timm"`` timm's CoaT runs interleaved."""
     if compare == "timm":
         ours, peer = timm_pair(name, img_size=size)
@@ -172,15 +195,9 @@ def benchmark_table(name: str, batch_size: int, size: int, modes: list[str], dty
         if mode == "compiled":
             runners = {impl: torch.compile(m) for impl, m in runners.items()}
         for dtype in dtypes:
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-            def make(fn):
-                def run():
-                    with torch.inference_mode(), autocast:
-                        return fn(x)
-                return run
-
-            calls = {impl: make(fn) for impl, fn in runners.items()}
+            calls = {
+                impl: partial(_inference_call, fn, x, device.type, dtype == "bf16") for impl, fn in runners.items()
+            }
             if "timm" in calls:
                 diff = (calls["coat"]().float() - calls["timm"]().float()).abs().max().item()
                 limit = 1e-4 if dtype == "fp32" else 5e-2 * max(1.0, calls["timm"]().float().abs().max().item())
@@ -188,8 +205,15 @@ def benchmark_table(name: str, batch_size: int, size: int, modes: list[str], dty
                     raise RuntimeError(f"{name} {mode} {dtype}: outputs differ from timm's by {diff:.2e}")
             timings = interleaved(calls, batch_size, warmup, repeats, sync)
             for impl, t in timings.items():
-                row = {"impl": impl, "mode": mode, "dtype": dtype, "images_per_second": t.images_per_second,
-                       "latency_ms": 1000 * t.median, "batch_size": batch_size, "size": size}
+                row = {
+                    "impl": impl,
+                    "mode": mode,
+                    "dtype": dtype,
+                    "images_per_second": t.images_per_second,
+                    "latency_ms": 1000 * t.median,
+                    "batch_size": batch_size,
+                    "size": size,
+                }
                 if impl == "coat" and "timm" in timings:
                     row["speedup_vs_timm"] = timings["timm"].median / t.median
                 rows.append(row)

@@ -26,10 +26,10 @@ from torch import nn
 
 from .data.preprocessing import Preprocessing
 from .download import fetch, fetch_hub_file
-from .models.config import CoaTConfig
-from .weights import Weights, get_weights, is_weights_name
 from .errors import CoatError
 from .files import atomic_write
+from .models.config import CoaTConfig
+from .weights import Weights, get_weights, is_weights_name
 
 FORMAT_NAME = "coat"
 FORMAT_VERSION = "1"
@@ -81,7 +81,7 @@ def read_checkpoint(source: str | os.PathLike | Weights) -> Checkpoint:
 
 def _read(path: str | os.PathLike) -> Checkpoint:
     if str(path).startswith(HUB_PREFIX):
-        path = _hub_folder(str(path)[len(HUB_PREFIX):])
+        path = _hub_folder(str(path)[len(HUB_PREFIX) :])
     path = Path(path)
     if path.is_dir():
         return _read_hub_folder(path)
@@ -92,15 +92,23 @@ def _read(path: str | os.PathLike) -> Checkpoint:
     else:
         tensors, metadata = _read_torch_file(path), {}
     if metadata.get("format") == DETECTOR_FORMAT_NAME:
-        raise CheckpointError(f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
-                              "or `coat detect predict`")
+        raise CheckpointError(
+            f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
+            "or `coat detect predict`"
+        )
     if metadata.get("format") == FORMAT_NAME:
         config_data = json.loads(metadata["config"])
         # files written before preprocessing left the config carry it there
         legacy = {key: config_data.pop(key) for key in LEGACY_PREPROCESSING_KEYS if key in config_data}
         saved = json.loads(metadata["preprocessing"]) if "preprocessing" in metadata else legacy
-        return Checkpoint(tensors, "coat", CoaTConfig.from_dict(config_data), metadata.get("variant"),
-                          Preprocessing.from_dict(saved) if saved else None, metadata)
+        return Checkpoint(
+            tensors,
+            "coat",
+            CoaTConfig.from_dict(config_data),
+            metadata.get("variant"),
+            Preprocessing.from_dict(saved) if saved else None,
+            metadata,
+        )
     if any(key.startswith("stages.") for key in tensors):
         return Checkpoint(tensors, "coat", metadata=metadata)
     if "patch_embed1.proj.weight" not in tensors:
@@ -125,7 +133,9 @@ def _hub_folder(spec: str) -> Path:
 def _read_hub_folder(folder: Path) -> Checkpoint:
     weights, config_file = folder / "model.safetensors", folder / "config.json"
     if not weights.is_file():
-        raise CheckpointError(f"{folder} has no model.safetensors; a model folder holds config.json + model.safetensors")
+        raise CheckpointError(
+            f"{folder} has no model.safetensors; a model folder holds config.json + model.safetensors"
+        )
     checkpoint = read_checkpoint(weights)
     if config_file.is_file():
         try:
@@ -154,10 +164,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            return {key: f.get_tensor(key) for key in f.keys()}, metadata
+            return {key: f.get_tensor(key) for key in f.keys()}, metadata  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(err)}); "
-                              "it may be truncated, re-download or re-save it") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({_first_line(err)}); "
+            "it may be truncated, re-download or re-save it"
+        ) from None
 
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
@@ -167,17 +179,22 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a reference to code, refused
             raise CheckpointError(
                 f"{path} contains pickled Python objects beyond plain tensors, which could run code; refusing to "
-                "load it (re-save the weights alone, or convert them with `coat convert` where trusted)") from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
-                              "it may be truncated or not a checkpoint at all") from None
+                "load it (re-save the weights alone, or convert them with `coat convert` where trusted)"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); "
+            "it may be truncated or not a checkpoint at all"
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_ema"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors (top level: {type(obj).__name__}); "
-                              "expected a dict of weights, optionally under 'model'")
+        raise CheckpointError(
+            f"{path} holds no state dict of tensors (top level: {type(obj).__name__}); "
+            "expected a dict of weights, optionally under 'model'"
+        )
     return dict(obj)
 
 
@@ -209,18 +226,30 @@ _AUTHORS_RULES: list[tuple[str, _Rule]] = [
     (r"cpe(\d)\.(.*)", lambda m: (f"stages.{_stage(m[1])}.cpe.{m[2]}", _TOP)),
     (r"crpe(\d)\.conv_list\.(.*)", lambda m: (f"stages.{_stage(m[1])}.crpe.convs.{m[2]}", _TOP)),
     (r"serial_blocks(\d)\.(\d+)\.cpe\.(.*)", lambda m: (f"stages.{_stage(m[1])}.cpe.{m[3]}", (1, int(m[2]), 0))),
-    (r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.crpe\.conv_list\.(.*)",
-     lambda m: (f"stages.{_stage(m[1])}.crpe.convs.{m[3]}", (1, int(m[2]), 0))),
-    (r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.(qkv|proj)\.(.*)",
-     lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.attn.{m[3]}.{m[4]}", _TOP)),
-    (r"serial_blocks(\d)\.(\d+)\.(norm1|norm2|mlp)\.(.*)",
-     lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.{m[3]}.{m[4]}", _TOP)),
-    (r"parallel_blocks\.(\d+)\.norm([12])(\d)\.(.*)",
-     lambda m: (f"parallel_blocks.{m[1]}.norms{m[2]}.{_parallel_scale(m[3])}.{m[4]}", _TOP)),
-    (r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.crpe\.conv_list\.(.*)",
-     lambda m: (f"stages.{_stage(m[2])}.crpe.convs.{m[3]}", (2, int(m[1]), 0))),
-    (r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.(qkv|proj)\.(.*)",
-     lambda m: (f"parallel_blocks.{m[1]}.attns.{_parallel_scale(m[2])}.{m[3]}.{m[4]}", _TOP)),
+    (
+        r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.crpe\.conv_list\.(.*)",
+        lambda m: (f"stages.{_stage(m[1])}.crpe.convs.{m[3]}", (1, int(m[2]), 0)),
+    ),
+    (
+        r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.(qkv|proj)\.(.*)",
+        lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.attn.{m[3]}.{m[4]}", _TOP),
+    ),
+    (
+        r"serial_blocks(\d)\.(\d+)\.(norm1|norm2|mlp)\.(.*)",
+        lambda m: (f"stages.{_stage(m[1])}.blocks.{m[2]}.{m[3]}.{m[4]}", _TOP),
+    ),
+    (
+        r"parallel_blocks\.(\d+)\.norm([12])(\d)\.(.*)",
+        lambda m: (f"parallel_blocks.{m[1]}.norms{m[2]}.{_parallel_scale(m[3])}.{m[4]}", _TOP),
+    ),
+    (
+        r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.crpe\.conv_list\.(.*)",
+        lambda m: (f"stages.{_stage(m[2])}.crpe.convs.{m[3]}", (2, int(m[1]), 0)),
+    ),
+    (
+        r"parallel_blocks\.(\d+)\.factoratt_crpe(\d)\.(qkv|proj)\.(.*)",
+        lambda m: (f"parallel_blocks.{m[1]}.attns.{_parallel_scale(m[2])}.{m[3]}.{m[4]}", _TOP),
+    ),
     (r"parallel_blocks\.(\d+)\.mlp([234])\.(.*)", lambda m: (f"parallel_blocks.{m[1]}.mlp.{m[3]}", (2, 0, int(m[2])))),
     (r"(aggregate|head)\.(.*)", lambda m: (f"{m[1]}.{m[2]}", _TOP)),
 ]
@@ -248,8 +277,9 @@ def authors_to_coat(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
                 continue
             target, rank = f"head_norms.{head_norm_scales.index(scale)}.{norm[2]}", _TOP
         else:
-            target, rank = next((rule(m) for pattern, rule in _AUTHORS_RULES if (m := re.fullmatch(pattern, key))),
-                                (key, _TOP))
+            target, rank = next(
+                (rule(m) for pattern, rule in _AUTHORS_RULES if (m := re.fullmatch(pattern, key))), (key, _TOP)
+            )
         if target not in ranked or rank >= ranked[target][0]:
             ranked[target] = (rank, value)
     out = {key: value for key, (_, value) in ranked.items()}
@@ -268,8 +298,11 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} is {list(state[k].shape)} in the file but {list(expected[k].shape)} in the model"
-                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    wrong_shape = [
+        f"{k} is {list(state[k].shape)} in the file but {list(expected[k].shape)} in the model"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     problems = []
     if wrong_shape:
         problems.append(_listing("shapes differ", wrong_shape))
@@ -278,8 +311,9 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
     if unexpected:
         problems.append(_listing("not in the model", unexpected))
     if problems:
-        raise CheckpointError(f"{source} does not fit this model ({'; '.join(problems)}); "
-                              "check that the file is for the same variant")
+        raise CheckpointError(
+            f"{source} does not fit this model ({'; '.join(problems)}); check that the file is for the same variant"
+        )
     model.load_state_dict(state, strict=True)
 
 

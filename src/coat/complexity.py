@@ -1,8 +1,8 @@
 """What a variant costs: parameters and multiply-accumulates, counted on the meta device (no compute).
 
-    from coat.complexity import count_gmacs, variant_summaries
-    count_gmacs("coat_lite_small")            # 3.96 (at the variant's input size, 224)
-    count_gmacs("coat_lite_small", size=512)  # at another size
+from coat.complexity import count_gmacs, variant_summaries
+count_gmacs("coat_lite_small")            # 3.96 (at the variant's input size, 224)
+count_gmacs("coat_lite_small", size=512)  # at another size
 """
 
 from __future__ import annotations
@@ -41,8 +41,17 @@ def variant_summaries(names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         info = VARIANTS[name]
-        rows.append({"name": name, "params_m": round(count_parameters(name) / 1e6, 2),
-                     "gmacs": round(count_gmacs(name), 2), "input_size": info.input_size,
-                     "weights": list_weights(name), "paper_top1": info.top1, "paper_params_m": info.params_m,
-                     "paper_gmacs": info.gmacs, "kind": "CoaT-Lite" if info.config.is_lite else "CoaT"})
+        rows.append(
+            {
+                "name": name,
+                "params_m": round(count_parameters(name) / 1e6, 2),
+                "gmacs": round(count_gmacs(name), 2),
+                "input_size": info.input_size,
+                "weights": list_weights(name),
+                "paper_top1": info.top1,
+                "paper_params_m": info.params_m,
+                "paper_gmacs": info.gmacs,
+                "kind": "CoaT-Lite" if info.config.is_lite else "CoaT",
+            }
+        )
     return rows

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .weights import AUTHORS_BASE_URL, Weights
 from .errors import CoatError
+from .weights import AUTHORS_BASE_URL, Weights
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,11 @@ def fetch(weights: Weights) -> Path:
 
 
 def _offline_miss(name: str, what: str, where: Path | str) -> DownloadError:
-    return DownloadError(f"{what} is not in the cache ({where}) and COAT_OFFLINE/HF_HUB_OFFLINE forbids downloading; "
-                         f"run `coat download {name}` where there is network (with the same {CACHE_VARIABLE}) "
-                         "and copy the cache here")
+    return DownloadError(
+        f"{what} is not in the cache ({where}) and COAT_OFFLINE/HF_HUB_OFFLINE forbids downloading; "
+        f"run `coat download {name}` where there is network (with the same {CACHE_VARIABLE}) "
+        "and copy the cache here"
+    )
 
 
 def _fetch_authors(weights: Weights) -> Path:
@@ -81,8 +83,12 @@ def _fetch_authors(weights: Weights) -> Path:
         actual = sha256_of(path)
         if actual.startswith(weights.sha256_prefix):
             return path
-        logger.warning("%s no longer matches its SHA-256 prefix %s (it is %s...): fetching it again",
-                       path, weights.sha256_prefix, actual[:8])
+        logger.warning(
+            "%s no longer matches its SHA-256 prefix %s (it is %s...): fetching it again",
+            path,
+            weights.sha256_prefix,
+            actual[:8],
+        )
         path.unlink()
     if offline():
         raise _offline_miss(weights.name, weights.file_name, folder)
@@ -94,19 +100,24 @@ def _fetch_authors(weights: Weights) -> Path:
         torch.hub.download_url_to_file(url, str(partial), progress=True)
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", None) or err
-        raise DownloadError(f"could not download {url} ({reason}); check the network, set {MIRROR_VARIABLE} to a "
-                            f"mirror, or run `coat download {weights.name}` where there is network") from None
+        raise DownloadError(
+            f"could not download {url} ({reason}); check the network, set {MIRROR_VARIABLE} to a "
+            f"mirror, or run `coat download {weights.name}` where there is network"
+        ) from None
     actual = sha256_of(partial)
     if not actual.startswith(weights.sha256_prefix):
         partial.unlink()
-        raise DownloadError(f"{url} has SHA-256 {actual}, but {weights.file_name} must start with "
-                            f"{weights.sha256_prefix}; the download was deleted (a wrong mirror or a damaged file)")
+        raise DownloadError(
+            f"{url} has SHA-256 {actual}, but {weights.file_name} must start with "
+            f"{weights.sha256_prefix}; the download was deleted (a wrong mirror or a damaged file)"
+        )
     os.replace(partial, path)
     return path
 
 
-def fetch_hub_file(repo_id: str, filename: str, revision: str | None = None, name: str | None = None,
-                   required: bool = True) -> Path | None:
+def fetch_hub_file(
+    repo_id: str, filename: str, revision: str | None = None, name: str | None = None, required: bool = True
+) -> Path | None:
     """``filename`` of Hugging Face repository ``repo_id`` from huggingface_hub's cache (downloaded first
     unless offline); ``None`` for a missing optional file."""
     from huggingface_hub import hf_hub_download
@@ -116,17 +127,28 @@ def fetch_hub_file(repo_id: str, filename: str, revision: str | None = None, nam
     cache = hub_cache_dir()
 
     def download(force: bool = False) -> Path:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache, force_download=force,
-                                    local_files_only=offline() and not force, endpoint=os.environ.get("HF_ENDPOINT")))
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache,
+                force_download=force,
+                local_files_only=offline() and not force,
+                endpoint=os.environ.get("HF_ENDPOINT"),
+            )
+        )
 
     try:
         path = download()
         blob = path.resolve().name
         if _SHA256.fullmatch(blob) and sha256_of(path) != blob:
             if offline():
-                raise DownloadError(f"the cached {repo_id}/{filename} ({path.resolve()}) is damaged (its SHA-256 is "
-                                    f"not {blob[:12]}...) and offline mode forbids fetching it again; run "
-                                    f"`coat download {name}` where there is network")
+                raise DownloadError(
+                    f"the cached {repo_id}/{filename} ({path.resolve()}) is damaged (its SHA-256 is "
+                    f"not {blob[:12]}...) and offline mode forbids fetching it again; run "
+                    f"`coat download {name}` where there is network"
+                )
             logger.warning("the cached %s/%s no longer matches its SHA-256: fetching it again", repo_id, filename)
             path = download(force=True)
         return path
@@ -136,15 +158,19 @@ def fetch_hub_file(repo_id: str, filename: str, revision: str | None = None, nam
             if not required:
                 return None
             raise _offline_miss(name, f"{repo_id}/{filename}", cache or "huggingface_hub's cache") from None
-        raise DownloadError(f"could not download {repo_id}/{filename} from the Hugging Face hub (no connection); "
-                            f"check the network, set HF_ENDPOINT to a mirror, or run `coat download {name}` where "
-                            "there is network") from None
+        raise DownloadError(
+            f"could not download {repo_id}/{filename} from the Hugging Face hub (no connection); "
+            f"check the network, set HF_ENDPOINT to a mirror, or run `coat download {name}` where "
+            "there is network"
+        ) from None
     except EntryNotFoundError:
         if required:
-            raise DownloadError(f"{repo_id} has no file {filename}; a CoaT model repository holds "
-                                "model.safetensors (and config.json)") from None
+            raise DownloadError(
+                f"{repo_id} has no file {filename}; a CoaT model repository holds model.safetensors (and config.json)"
+            ) from None
         return None
     except HfHubHTTPError as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DownloadError(f"could not download {repo_id}/{filename} from the Hugging Face hub "
-                            f"({first_line})") from None
+        raise DownloadError(
+            f"could not download {repo_id}/{filename} from the Hugging Face hub ({first_line})"
+        ) from None

@@ -1,8 +1,8 @@
 """Evaluating a classifier checkpoint on labelled images: ``coat eval`` as a function.
 
-    from coat.evaluation import evaluate_checkpoint
-    report = evaluate_checkpoint("runs/demo/best.safetensors", data="path/to/folder")
-    report.result.top1, report.results_path   # 97.7, runs/demo/eval/results.json
+from coat.evaluation import evaluate_checkpoint
+report = evaluate_checkpoint("runs/demo/best.safetensors", data="path/to/folder")
+report.result.top1, report.results_path   # 97.7, runs/demo/eval/results.json
 """
 
 from __future__ import annotations
@@ -34,9 +34,17 @@ class ClassificationReport:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike, data: str | os.PathLike | None = None, *, model_name: str | None = None,
-    input_size: int | None = None, crop_pct: float | None = None, batch_size: int = 64, workers: int = 2,
-    device: str = "auto", skip_corrupt: bool = False, output: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    model_name: str | None = None,
+    input_size: int | None = None,
+    crop_pct: float | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    skip_corrupt: bool = False,
+    output: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> ClassificationReport:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix of ``checkpoint`` on ``data`` (a folder of
@@ -51,16 +59,25 @@ def evaluate_checkpoint(
     preprocessing = model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
     dataset = eval_split(None if data is None else str(data), preprocessing.transforms(), skip_corrupt)
     if hasattr(dataset, "classes") and len(dataset.classes) != num_classes:
-        raise DataError(f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
-                        "evaluate on data with the same classes")
+        raise DataError(
+            f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
+            "evaluate on data with the same classes"
+        )
     target = pick_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_none)
     result = evaluate(model.to(target), loader, target, num_classes, progress="eval")
-    record = {"checkpoint": str(checkpoint), "data": str(data) if data is not None else "embedded held-out split",
-              "images": result.count, "skipped_images": result.skipped, "top1": result.top1, "top5": result.top5,
-              "loss": result.loss, "preprocessing": dataclasses.asdict(preprocessing),
-              "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
-              "confusion_matrix": result.confusion.tolist()}
+    record = {
+        "checkpoint": str(checkpoint),
+        "data": str(data) if data is not None else "embedded held-out split",
+        "images": result.count,
+        "skipped_images": result.skipped,
+        "top1": result.top1,
+        "top5": result.top5,
+        "loss": result.loss,
+        "preprocessing": dataclasses.asdict(preprocessing),
+        "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
+        "confusion_matrix": result.confusion.tolist(),
+    }
     write_json(results_path, record)
     plot_confusion(result.confusion, class_names, confusion_path)
     return ClassificationReport(result, record, results_path, confusion_path)

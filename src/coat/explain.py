@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .files import atomic_write
 from .data.datasets import load_rgb
+from .errors import InputNotFoundError
 from .extras import pyplot, require
+from .files import atomic_write, refuse_overwrite
 from .inference import LoadedModel
 from .models.layers import tokens_to_nchw
 
@@ -21,8 +22,12 @@ FIGURE_INCHES = (18.0, 3.6)
 FIGURE_DPI = 100  # the PNG is 1800 x 360 pixels
 
 
-def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> dict:
-    """Write the explanation PNG; returns the top class and the PNG path."""
+def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path, overwrite: bool = False) -> dict:
+    """Write the explanation PNG (an existing ``output`` only with ``overwrite``); returns the top class and the
+    PNG path."""
+    if not Path(image_path).is_file():
+        raise InputNotFoundError(f"{image_path} does not exist; pass an image file")
+    refuse_overwrite([Path(output)], overwrite)
     require("plots")
     model = loaded.model.eval()
     x = model.preprocessing.transforms()(load_rgb(str(image_path))).unsqueeze(0)  # [1, 3, S, S]
@@ -39,13 +44,21 @@ def explain(loaded: LoadedModel, image_path: str | Path, output: str | Path) -> 
         grad = tokens_to_nchw(tokens[cam_scale].grad, grids[cam_scale])[0]  # [C, h, w]
         cam = F.relu((grad.mean(dim=(1, 2))[:, None, None] * maps[cam_scale]).sum(0))
         cam = cam / cam.max().clamp(min=1e-12)
-    _plot(x[0], model.preprocessing.mean, model.preprocessing.std, energies, cam,
-          f"{loaded.class_names[top]} ({probs[top]:.1%}), scale {cam_scale + 1}", Path(output))
+    _plot(
+        x[0],
+        model.preprocessing.mean,
+        model.preprocessing.std,
+        energies,
+        cam,
+        f"{loaded.class_names[top]} ({probs[top]:.1%}), scale {cam_scale + 1}",
+        Path(output),
+    )
     return {"label": loaded.class_names[top], "index": top, "prob": float(probs[top]), "output": str(output)}
 
 
-def _plot(image: torch.Tensor, mean, std, energies: list[torch.Tensor], cam: torch.Tensor, title: str,
-          output: Path) -> None:
+def _plot(
+    image: torch.Tensor, mean, std, energies: list[torch.Tensor], cam: torch.Tensor, title: str, output: Path
+) -> None:
     plt = pyplot()
     rgb = (image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
     rgb = rgb.permute(1, 2, 0).numpy()
@@ -55,7 +68,7 @@ def _plot(image: torch.Tensor, mean, std, energies: list[torch.Tensor], cam: tor
     axes[0].set_title("input")
     for i, energy in enumerate(energies):
         axes[i + 1].imshow(energy.numpy(), cmap="magma")
-        axes[i + 1].set_title(f"scale {i + 1} energy (stride {4 * 2 ** i})")
+        axes[i + 1].set_title(f"scale {i + 1} energy (stride {4 * 2**i})")
     up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     axes[5].imshow(rgb)
     axes[5].imshow(up.numpy(), cmap="jet", alpha=0.45)

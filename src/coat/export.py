@@ -13,34 +13,50 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write
-from .extras import require
-from .models.coat import CoaT
 from .errors import CoatError
+from .extras import require
+from .files import atomic_write, refuse_overwrite
+from .models.coat import CoaT
 
 PARITY_SIZES = ((224, 224), (160, 288))
 PARITY_TOLERANCE = 1e-4
 # torch.export traces with H, W >= 64 (below that, scale 4's grid has a side of 1, which it would specialise);
 # asking for less makes the exporter trace twice, the first time only to be told this range. The ONNX graph
 # keeps no range: it serves H, W >= 32 all the same (checked at 33x47 in the tests).
-ONNX_DYNAMIC_DIMS = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=64),
-                     3: torch.export.Dim("width", min=64)}
+ONNX_DYNAMIC_DIMS = {
+    0: torch.export.Dim("batch"),
+    2: torch.export.Dim("height", min=64),
+    3: torch.export.Dim("width", min=64),
+}
 
 
 class ExportError(CoatError, ValueError):
     pass
 
 
-def export_onnx(model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARITY_SIZES) -> dict[str, float]:
-    """Write ``model`` as ONNX and return the max abs difference to PyTorch at each check size."""
+def export_onnx(
+    model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARITY_SIZES, overwrite: bool = False
+) -> dict[str, float]:
+    """Write ``model`` as ONNX (an existing ``path`` only with ``overwrite``) and return the max abs difference
+    to PyTorch at each check size."""
+    refuse_overwrite([Path(path)], overwrite)
     require("export")
     model = model.eval()
     example = torch.randn(2, 3, 224, 224)
 
     def write(tmp: Path) -> None:
-        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"x": ONNX_DYNAMIC_DIMS}, opset_version=opset, dynamo=True,
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": ONNX_DYNAMIC_DIMS},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
 
     path = atomic_write(path, write)
     return onnx_parity(model, path, check_sizes)

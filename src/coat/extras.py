@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from types import ModuleType
+
 from .errors import CoatError
 
 DISTRIBUTION = "coat-pytorch"
@@ -41,8 +42,7 @@ def require(extra: str) -> None:
     missing = missing_modules(extra)
     if missing:
         purpose = EXTRAS[extra][0]
-        raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, which is not installed: "
-                                f"{install_line(extra)}")
+        raise MissingExtraError(f"{purpose} needs {', '.join(missing)}, which is not installed: {install_line(extra)}")
 
 
 def pyplot() -> ModuleType:

@@ -12,10 +12,10 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, load_state_into, read_checkpoint
 from .data.preprocessing import Preprocessing
+from .errors import UsageError
 from .models.coat import FIRST_CONV, CoaT
 from .models.config import VARIANTS, CoaTConfig
 from .models.features import CoaTFeatures
-from .errors import UsageError
 from .weights import Weights, get_weights
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,13 @@ def variant_config(name: str, **overrides: Any) -> CoaTConfig:
 
 
 def create_model(
-    name: str, pretrained: bool | str | os.PathLike | Weights | Checkpoint | None = None,
-    num_classes: int | None = None, features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
-    feature_cls: str | None = None, **overrides: Any
+    name: str,
+    pretrained: bool | str | os.PathLike | Weights | Checkpoint | None = None,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    feature_cls: str | None = None,
+    **overrides: Any,
 ) -> CoaT | CoaTFeatures:
     """Build variant ``name``; with ``pretrained``, load weights:
 
@@ -58,8 +62,10 @@ def create_model(
     gives the same list of maps).
     """
     if feature_cls is not None and (not features_only or feature_cls.lower() not in FEATURE_CLASSES):
-        raise UsageError(f"feature_cls={feature_cls!r} is not available: CoaT's feature model reads "
-                         f"forward_intermediates; pass features_only=True with feature_cls in {FEATURE_CLASSES}")
+        raise UsageError(
+            f"feature_cls={feature_cls!r} is not available: CoaT's feature model reads "
+            f"forward_intermediates; pass features_only=True with feature_cls in {FEATURE_CLASSES}"
+        )
     if pretrained is True:
         pretrained = get_weights(name)
     elif pretrained is False:
@@ -85,8 +91,10 @@ def load_model(path: str | os.PathLike | Checkpoint, **overrides: Any) -> CoaT:
     """Rebuild a model from one of our own checkpoint files alone (config from its metadata)."""
     checkpoint = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     if checkpoint.config is None:
-        raise CheckpointError(f"{checkpoint.path} carries no model config; use create_model(NAME, "
-                              f"pretrained={checkpoint.path!r}) or `coat convert` it first")
+        raise CheckpointError(
+            f"{checkpoint.path} carries no model config; use create_model(NAME, "
+            f"pretrained={checkpoint.path!r}) or `coat convert` it first"
+        )
     model = CoaT(dataclasses.replace(checkpoint.config, **overrides))
     model.variant = checkpoint.variant
     model.preprocessing = checkpoint.preprocessing or default_preprocessing(checkpoint.variant)
@@ -100,8 +108,12 @@ def _load_weights(model: CoaT, checkpoint: Checkpoint, name: str, source: str) -
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
         if model.config.num_classes:
-            logger.warning("re-initialised the classifier of %s: the file has %d classes, the model %d",
-                           name, checkpoint.num_classes, model.config.num_classes)
+            logger.warning(
+                "re-initialised the classifier of %s: the file has %d classes, the model %d",
+                name,
+                checkpoint.num_classes,
+                model.config.num_classes,
+            )
         else:
             logger.info("dropped the %d-class classifier of %s (num_classes=0)", checkpoint.num_classes, name)
     for note in checkpoint.notes:
@@ -136,5 +148,6 @@ def infer_variant(state: dict) -> str:
             reference = CoaT(variant_config(name, num_classes=0)).state_dict()
         if shapes == {k: tuple(v.shape) for k, v in reference.items()}:
             return name
-    raise CheckpointError("the weights match none of the known variants "
-                          f"({', '.join(VARIANTS)}); pass the variant name explicitly")
+    raise CheckpointError(
+        f"the weights match none of the known variants ({', '.join(VARIANTS)}); pass the variant name explicitly"
+    )

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from .checkpoint import read_checkpoint
 from .data.datasets import DataError, load_rgb
+from .errors import UsageError
 from .factory import create_model, infer_variant, load_model
 from .models.coat import CoaT
-from .errors import UsageError
 
 
 @dataclass
@@ -89,8 +89,16 @@ class ImageFiles(Dataset):
 
 
 @torch.no_grad()
-def predict(loaded: LoadedModel, paths: list[Path], topk: int = 5, batch_size: int = 32, workers: int = 0,
-            input_size: int | None = None, crop_pct: float | None = None, progress: bool = True) -> list[dict]:
+def predict(
+    loaded: LoadedModel,
+    paths: list[Path],
+    topk: int = 5,
+    batch_size: int = 32,
+    workers: int = 0,
+    input_size: int | None = None,
+    crop_pct: float | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order."""
     transform = loaded.model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
     dataset = ImageFiles(paths, transform)
@@ -100,6 +108,12 @@ def predict(loaded: LoadedModel, paths: list[Path], topk: int = 5, batch_size: i
     for images in tqdm(loader, desc="predict", disable=not progress or len(paths) <= batch_size, leave=False):
         values, indices = loaded.model(images).softmax(dim=-1).topk(k, dim=-1)  # [B, k] each
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
-            results.append({"path": str(paths[len(results)]), "topk": [
-                {"label": loaded.class_names[i], "index": i, "prob": p} for p, i in zip(row_values, row_indices)]})
+            results.append(
+                {
+                    "path": str(paths[len(results)]),
+                    "topk": [
+                        {"label": loaded.class_names[i], "index": i, "prob": p} for p, i in zip(row_values, row_indices)
+                    ],
+                }
+            )
     return results

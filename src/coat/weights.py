@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 from torchvision.transforms import v2
 
 from .data.preprocessing import Preprocessing
-from .models.config import VARIANTS
 from .errors import UsageError
+from .models.config import VARIANTS
 
 AUTHORS_BASE_URL = "https://vcl.ucsd.edu/coat/pretrained"
 HUB_FILE = "model.safetensors"
 DEFAULT_TAG = "in1k"
 LICENSE = "Apache-2.0"
-CITATION = ("Weijian Xu, Yifan Xu, Tyler Chang, Zhuowen Tu. Co-Scale Conv-Attentional Image Transformers. "
-            "ICCV 2021. arXiv:2104.06399")
+CITATION = (
+    "Weijian Xu, Yifan Xu, Tyler Chang, Zhuowen Tu. Co-Scale Conv-Attentional Image Transformers. "
+    "ICCV 2021. arXiv:2104.06399"
+)
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,29 @@ def _entries(variant: str) -> list[Weights]:
     file_name, top1, top5, timm_top1, timm_top5 = _RELEASES[variant]
     size = 384 if variant.endswith("_384") else 224
     authors = Preprocessing(input_size=size, crop_pct=1.0 if size == 384 else 0.875)
-    timm = Preprocessing(input_size=size, crop_pct=1.0 if size == 384 else 0.9,
-                         crop_mode="squash" if size == 384 else "center")
+    timm = Preprocessing(
+        input_size=size, crop_pct=1.0 if size == 384 else 0.9, crop_mode="squash" if size == 384 else "center"
+    )
     reported = {"top1": top1, "top5": top5}
     return [
-        Weights(variant, DEFAULT_TAG, HUB_FILE, timm, {**reported, "timm_top1": timm_top1, "timm_top5": timm_top5},
-                hub_repo=f"timm/{variant}.in1k", notes=("timm's copy of the authors' weights, in safetensors",)),
-        Weights(variant, "authors", file_name, authors, reported, sha256_prefix=file_name.rsplit("_", 1)[1][:8],
-                notes=("the authors' release (a pickle dict; read with weights_only=True)",)),
+        Weights(
+            variant,
+            DEFAULT_TAG,
+            HUB_FILE,
+            timm,
+            {**reported, "timm_top1": timm_top1, "timm_top5": timm_top5},
+            hub_repo=f"timm/{variant}.in1k",
+            notes=("timm's copy of the authors' weights, in safetensors",),
+        ),
+        Weights(
+            variant,
+            "authors",
+            file_name,
+            authors,
+            reported,
+            sha256_prefix=file_name.rsplit("_", 1)[1][:8],
+            notes=("the authors' release (a pickle dict; read with weights_only=True)",),
+        ),
     ]
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import OutputExistsError
+from .call import call_with_options
 
 _HELP = {
     "train_images": "folder of the training images (file_name in the annotations is relative to it)",
@@ -31,8 +32,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     detect = subparsers.add_parser("detect", help="object detection / instance segmentation on COCO-format data")
     actions = detect.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    train = actions.add_parser("train", help="train Mask R-CNN / Faster R-CNN with a CoaT backbone",
-                               description="Every option overrides the recipe; --config FILE.yaml sets many at once.")
+    train = actions.add_parser(
+        "train",
+        help="train Mask R-CNN / Faster R-CNN with a CoaT backbone",
+        description="Every option overrides the recipe; --config FILE.yaml sets many at once.",
+    )
     add_config_flags(train, DetectConfig, _HELP)
     train.set_defaults(func=run_train, extras=("detect", "train"))
 
@@ -40,10 +44,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", required=True, help="best.safetensors of a `coat detect train` run")
     ev.add_argument("--images", required=True, help="folder of the images")
     ev.add_argument("--annotations", required=True, help="COCO instances JSON of the images")
-    ev.add_argument("--output", type=Path, help="folder for results.json and detections.json "
-                    "(default: eval/ next to the checkpoint)")
-    ev.add_argument("--batch-size", type=int, default=1, help="images per forward; padding a batch to one size "
-                    "changes the features slightly, so 1 (as in training's evaluation) reproduces its metrics")
+    ev.add_argument(
+        "--output",
+        type=Path,
+        help="folder for results.json and detections.json (default: eval/ next to the checkpoint)",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward; padding a batch to one size "
+        "changes the features slightly, so 1 (as in training's evaluation) reproduces its metrics",
+    )
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
@@ -74,32 +86,33 @@ def run_train(args: argparse.Namespace) -> int:
 
     summary = fit(resolve(given_flags(args, DetectConfig), args.config))
     mask = f", mask AP {summary['final_mask_ap']:.1f}" if summary.get("final_mask_ap") is not None else ""
-    print(f"best box AP {summary['best_box_ap']:.1f}, final box AP {summary['final_box_ap']:.1f}{mask} after "
-          f"{summary['epochs']} epochs; checkpoint {summary['checkpoint']}")
+    print(
+        f"best box AP {summary['best_box_ap']:.1f}, final box AP {summary['final_box_ap']:.1f}{mask} after "
+        f"{summary['epochs']} epochs; checkpoint {summary['checkpoint']}"
+    )
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..detection.inference import evaluate_detector_checkpoint
 
-    report = evaluate_detector_checkpoint(args.checkpoint, args.images, args.annotations, output=args.output,
-                                          batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                          skip_corrupt=args.skip_corrupt, overwrite=args.overwrite)
+    report = call_with_options(evaluate_detector_checkpoint, args)
     metrics = report.metrics
-    shown = "  ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k.endswith(("_ap", "_ap50", "_ap75"))
-                      and v is not None)
+    shown = "  ".join(
+        f"{k} {v:.1f}" for k, v in metrics.items() if k.endswith(("_ap", "_ap50", "_ap75")) and v is not None
+    )
     skipped = metrics["skipped"] + report.missing_images
-    print(f"{shown}  on {metrics['images']} images{f' ({skipped} skipped)' if skipped else ''}; wrote "
-          f"{report.results_path} and {report.detections_path}")
+    print(
+        f"{shown}  on {metrics['images']} images{f' ({skipped} skipped)' if skipped else ''}; wrote "
+        f"{report.results_path} and {report.detections_path}"
+    )
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..detection.inference import predict_detections
 
-    predictions, json_path = predict_detections(args.inputs, args.checkpoint, args.output,
-                                                score_threshold=args.score_threshold, device=args.device,
-                                                overwrite=args.overwrite)
+    predictions, json_path = call_with_options(predict_detections, args)
     for image in predictions:
         print(f"{image.path}: {len(image.results)} detection(s) -> {image.picture}")
     total = sum(len(image.results) for image in predictions)
@@ -114,6 +127,8 @@ def run_make_shapes(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"{args.output} is not empty; pass --overwrite or another folder")
     paths = make_shapes(args.output, args.train_images, args.val_images)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in paths.items())
-    print(f"wrote {args.train_images} train / {args.val_images} val images with instance masks to {args.output}\n"
-          f"train with: coat detect train --recipe shapes {flags}")
+    print(
+        f"wrote {args.train_images} train / {args.val_images} val images with instance masks to {args.output}\n"
+        f"train with: coat detect train --recipe shapes {flags}"
+    )
     return 0

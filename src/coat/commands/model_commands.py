@@ -34,8 +34,10 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{'model':<22}{'kind':<11}{'params (M)':>11}{'GMACs':>8}{'input':>7}{'top-1 (paper)':>15}  weights")
     for r in rows:
-        print(f"{r['name']:<22}{r['kind']:<11}{r['params_m']:>11.2f}{r['gmacs']:>8.2f}"
-              f"{r['input_size']:>7}{r['paper_top1']:>15.1f}  {', '.join(r['weights'])}")
+        print(
+            f"{r['name']:<22}{r['kind']:<11}{r['params_m']:>11.2f}{r['gmacs']:>8.2f}"
+            f"{r['input_size']:>7}{r['paper_top1']:>15.1f}  {', '.join(r['weights'])}"
+        )
     if args.name:
         print(json.dumps(VARIANTS[args.name].config.to_dict(), indent=2))
     return 0

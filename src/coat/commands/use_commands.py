@@ -12,14 +12,16 @@ from pathlib import Path
 import torch
 
 from ..models.config import VARIANTS
-from ..errors import InputNotFoundError, OutputExistsError
 
 
 def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
-    parser.add_argument("--checkpoint", required=required_checkpoint,
-                        help="weights: released weights by name (coat_lite_small, coat_lite_small.authors; "
-                             "`coat download --list`), ours (.safetensors), the authors' .pth, timm's "
-                             ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME")
+    parser.add_argument(
+        "--checkpoint",
+        required=required_checkpoint,
+        help="weights: released weights by name (coat_lite_small, coat_lite_small.authors; "
+        "`coat download --list`), ours (.safetensors), the authors' .pth, timm's "
+        ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME",
+    )
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
 
@@ -94,13 +96,13 @@ def run_export(args: argparse.Namespace) -> int:
     from ..export import export_onnx
     from ..inference import load_for_inference
 
-    if args.output.exists() and not args.overwrite:
-        raise OutputExistsError(f"{args.output} already exists; pass --overwrite to replace it")
     loaded = load_for_inference(args.checkpoint, args.model)
-    diffs = export_onnx(loaded.model, args.output, args.opset)
+    diffs = export_onnx(loaded.model, args.output, args.opset, overwrite=args.overwrite)
     checks = ", ".join(f"{size}: {diff:.1e}" for size, diff in diffs.items())
-    print(f"wrote {args.output} (dynamic batch, height, width; opset {args.opset}); "
-          f"ONNX Runtime vs PyTorch max abs diff {checks}")
+    print(
+        f"wrote {args.output} (dynamic batch, height, width; opset {args.opset}); "
+        f"ONNX Runtime vs PyTorch max abs diff {checks}"
+    )
     return 0
 
 
@@ -109,12 +111,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from ..inference import load_for_inference
 
     image = Path(args.image)
-    if not image.is_file():
-        raise InputNotFoundError(f"{image} does not exist; pass an image file")
     output = args.output or image.with_name(f"{image.stem}_explain.png")
-    if output.exists() and not args.overwrite:
-        raise OutputExistsError(f"{output} already exists; pass --overwrite or another --output")
-    result = explain(load_for_inference(args.checkpoint, args.model), image, output)
+    result = explain(load_for_inference(args.checkpoint, args.model), image, output, overwrite=args.overwrite)
     print(f"top class {result['label']} ({result['prob']:.1%}); wrote {output}")
     return 0
 
@@ -123,8 +121,17 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..bench import benchmark_table
     from ..train.distributed import pick_device
 
-    rows = benchmark_table(args.model, args.batch_size, args.size, args.modes, args.dtypes, pick_device(args.device),
-                           args.compare, args.warmup, args.repeats)
+    rows = benchmark_table(
+        args.model,
+        args.batch_size,
+        args.size,
+        args.modes,
+        args.dtypes,
+        pick_device(args.device),
+        args.compare,
+        args.warmup,
+        args.repeats,
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -132,6 +139,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{'impl':<6}{'mode':<10}{'dtype':<7}{'img/s':>9}{'latency ms':>12}{'vs timm':>9}")
     for r in rows:
         ratio = f"{r['speedup_vs_timm']:.2f}x" if r.get("speedup_vs_timm") else ""
-        print(f"{r['impl']:<6}{r['mode']:<10}{r['dtype']:<7}{r['images_per_second']:>9.2f}"
-              f"{r['latency_ms']:>12.1f}{ratio:>9}")
+        print(
+            f"{r['impl']:<6}{r['mode']:<10}{r['dtype']:<7}{r['images_per_second']:>9.2f}"
+            f"{r['latency_ms']:>12.1f}{ratio:>9}"
+        )
     return 0

@@ -6,17 +6,25 @@ import argparse
 import os
 
 from ..download import CACHE_VARIABLE, fetch
-from ..weights import WEIGHTS, get_weights
 from ..errors import UsageError
+from ..weights import WEIGHTS, get_weights
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     download = subparsers.add_parser(
-        "download", help="fetch released weights into the cache (then COAT_OFFLINE=1 works without network)")
-    download.add_argument("names", nargs="*", metavar="NAME",
-                          help="weights names (VARIANT.in1k, VARIANT.authors) or variants (their default weights)")
-    download.add_argument("--to", metavar="DIR", help=f"cache folder to fill (default: ${CACHE_VARIABLE} or the "
-                                                      "Hugging Face and torch.hub caches)")
+        "download", help="fetch released weights into the cache (then COAT_OFFLINE=1 works without network)"
+    )
+    download.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="weights names (VARIANT.in1k, VARIANT.authors) or variants (their default weights)",
+    )
+    download.add_argument(
+        "--to",
+        metavar="DIR",
+        help=f"cache folder to fill (default: ${CACHE_VARIABLE} or the Hugging Face and torch.hub caches)",
+    )
     download.add_argument("--list", action="store_true", help="list the released weights and exit")
     download.set_defaults(func=run_download)
 

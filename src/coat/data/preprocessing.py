@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
+
 from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,13 +46,15 @@ class Preprocessing:
     def transforms(self) -> v2.Compose:
         """PIL image or uint8 tensor -> float tensor [3, input_size, input_size], normalised."""
         resize = self.resize_size if self.crop_mode == "center" else (self.resize_size, self.resize_size)
-        return v2.Compose([
-            v2.ToImage(),
-            v2.Resize(resize, interpolation=InterpolationMode(self.interpolation), antialias=True),
-            v2.CenterCrop(self.input_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
-        ])
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(resize, interpolation=InterpolationMode(self.interpolation), antialias=True),
+                v2.CenterCrop(self.input_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(self.mean, self.std),
+            ]
+        )
 
     def replace(self, **changes: Any) -> Preprocessing:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""

@@ -9,18 +9,31 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 
-def train_transform(size: int, scale_min: float, hflip: float, randaugment_magnitude: int,
-                    random_erasing: float, mean: Sequence[float], std: Sequence[float],
-                    rotation: float = 0.0) -> v2.Compose:
+def train_transform(
+    size: int,
+    scale_min: float,
+    hflip: float,
+    randaugment_magnitude: int,
+    random_erasing: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    rotation: float = 0.0,
+) -> v2.Compose:
     """RandomResizedCrop (bicubic) -> rotation -> flip -> RandAugment -> normalise -> RandomErasing (zeros off)."""
-    return v2.Compose([crop_transform(size, scale_min, hflip, rotation),
-                       pixel_transform(randaugment_magnitude, random_erasing, mean, std)])
+    return v2.Compose(
+        [
+            crop_transform(size, scale_min, hflip, rotation),
+            pixel_transform(randaugment_magnitude, random_erasing, mean, std),
+        ]
+    )
 
 
 def crop_transform(size: int, scale_min: float, hflip: float, rotation: float = 0.0) -> v2.Compose:
     """The geometric half of ``train_transform``: PIL image or uint8 tensor -> uint8 ``[3, size, size]``."""
-    steps: list = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(scale_min, 1.0),
-                                                      interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    steps: list = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(scale_min, 1.0), interpolation=InterpolationMode.BICUBIC, antialias=True),
+    ]
     if rotation > 0:
         steps.append(v2.RandomRotation(rotation, interpolation=InterpolationMode.BILINEAR))
     if hflip > 0:
@@ -28,14 +41,16 @@ def crop_transform(size: int, scale_min: float, hflip: float, rotation: float = 
     return v2.Compose(steps)
 
 
-def pixel_transform(randaugment_magnitude: int, random_erasing: float, mean: Sequence[float],
-                    std: Sequence[float]) -> v2.Compose:
+def pixel_transform(
+    randaugment_magnitude: int, random_erasing: float, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     """The other half: uint8 ``[3, S, S]`` -> RandAugment -> normalised float -> RandomErasing."""
     steps: list = []
     if randaugment_magnitude > 0:
         # bilinear: torchvision's affine ops on tensors have no bicubic mode
-        steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude,
-                                    interpolation=InterpolationMode.BILINEAR))
+        steps.append(
+            v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude, interpolation=InterpolationMode.BILINEAR)
+        )
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if random_erasing > 0:
         steps.append(v2.RandomErasing(random_erasing, value=0))

@@ -58,8 +58,14 @@ class CoaTFPN(nn.Module):
         return self.fpn(self.body(x))  # "0".."3" and "pool", each [B, out_channels, H/r, W/r]
 
 
-def coat_fpn_backbone(variant: str, weights: str | os.PathLike | None = None, out_channels: int = 256,
-                      frozen_stages: int = 0, frozen_norms: bool = False, **overrides: object) -> CoaTFPN:
+def coat_fpn_backbone(
+    variant: str,
+    weights: str | os.PathLike | None = None,
+    out_channels: int = 256,
+    frozen_stages: int = 0,
+    frozen_norms: bool = False,
+    **overrides: object,
+) -> CoaTFPN:
     """A CoaT + FPN backbone; ``weights`` is any checkpoint the library reads (its classifier is dropped)."""
     model = create_model(variant, pretrained=weights, num_classes=0, **overrides)
     return CoaTFPN(CoaTBackbone(model, frozen_stages, frozen_norms), out_channels)

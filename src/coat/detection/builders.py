@@ -21,29 +21,39 @@ TRAIN_SHORT_SIDES = tuple(range(480, 801, 32))  # multi-scale training
 MAX_SIDE = 1333
 
 
-def _build(detector: type, variant: str, num_classes: int, backbone_weights, drop_path_rate: float | None,
-           frozen_stages: int, frozen_norms: bool, detector_kwargs: dict[str, Any]):
+def rcnn_coat(
+    detector: type[FasterRCNN],
+    variant: str,
+    num_classes: int = 91,
+    backbone_weights: str | os.PathLike | None = None,
+    drop_path_rate: float | None = None,
+    frozen_stages: int = 0,
+    frozen_norms: bool = False,
+    **detector_kwargs: Any,
+) -> FasterRCNN:
+    """A torchvision R-CNN (``FasterRCNN`` or its subclass ``MaskRCNN``) on CoaT + FPN with the authors' sizes.
+
+    ``num_classes`` counts the background class; ``backbone_weights``: classification weights of the variant
+    (a released weights name, any checkpoint the library reads); ``drop_path_rate``: default per variant, as in
+    the authors' configs; ``frozen_stages`` / ``frozen_norms``: ``coat_fpn_backbone``'s; ``detector_kwargs`` go
+    to torchvision's detector (``min_size``, ``max_size``, thresholds, ...).
+    """
     rate = DETECTION_DROP_PATH.get(variant, 0.1) if drop_path_rate is None else drop_path_rate
-    backbone = coat_fpn_backbone(variant, backbone_weights, frozen_stages=frozen_stages, frozen_norms=frozen_norms,
-                                 drop_path_rate=rate)
-    return detector(backbone, num_classes=num_classes, **{"min_size": TRAIN_SHORT_SIDES, "max_size": MAX_SIDE,
-                                                           **detector_kwargs})
+    backbone = coat_fpn_backbone(
+        variant, backbone_weights, frozen_stages=frozen_stages, frozen_norms=frozen_norms, drop_path_rate=rate
+    )
+    sizes = {"min_size": TRAIN_SHORT_SIDES, "max_size": MAX_SIDE}
+    return detector(backbone, num_classes=num_classes, **{**sizes, **detector_kwargs})
 
 
-def maskrcnn_coat(variant: str, num_classes: int = 91, backbone_weights: str | os.PathLike | None = None,
-                  drop_path_rate: float | None = None, frozen_stages: int = 0, frozen_norms: bool = False,
-                  **detector_kwargs: Any) -> MaskRCNN:
-    """torchvision Mask R-CNN on CoaT + FPN. ``num_classes`` counts the background class."""
-    return _build(MaskRCNN, variant, num_classes, backbone_weights, drop_path_rate, frozen_stages, frozen_norms,
-                  detector_kwargs)
+def maskrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> MaskRCNN:
+    """torchvision Mask R-CNN on CoaT + FPN; ``options`` as ``rcnn_coat``'s."""
+    return rcnn_coat(MaskRCNN, variant, num_classes, **options)
 
 
-def fasterrcnn_coat(variant: str, num_classes: int = 91, backbone_weights: str | os.PathLike | None = None,
-                    drop_path_rate: float | None = None, frozen_stages: int = 0, frozen_norms: bool = False,
-                    **detector_kwargs: Any) -> FasterRCNN:
-    """torchvision Faster R-CNN on CoaT + FPN. ``num_classes`` counts the background class."""
-    return _build(FasterRCNN, variant, num_classes, backbone_weights, drop_path_rate, frozen_stages, frozen_norms,
-                  detector_kwargs)
+def fasterrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> FasterRCNN:
+    """torchvision Faster R-CNN on CoaT + FPN; ``options`` as ``rcnn_coat``'s."""
+    return rcnn_coat(FasterRCNN, variant, num_classes, **options)
 
 
 DETECTORS = {"maskrcnn": maskrcnn_coat, "fasterrcnn": fasterrcnn_coat}

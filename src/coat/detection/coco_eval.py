@@ -33,9 +33,15 @@ def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids
     """One image's detections (torchvision's output dict) as COCO result entries (bbox xywh, RLE masks)."""
     boxes = output["boxes"].detach().cpu().clone()  # [K, 4] xyxy
     boxes[:, 2:] -= boxes[:, :2]  # -> xywh
-    results = [{"image_id": image_id, "category_id": category_ids[int(label) - 1],
-                "bbox": [round(float(v), 2) for v in box], "score": round(float(score), 5)}
-               for box, label, score in zip(boxes, output["labels"].tolist(), output["scores"].tolist())]
+    results = [
+        {
+            "image_id": image_id,
+            "category_id": category_ids[int(label) - 1],
+            "bbox": [round(float(v), 2) for v in box],
+            "score": round(float(score), 5),
+        }
+        for box, label, score in zip(boxes, output["labels"].tolist(), output["scores"].tolist())
+    ]
     if "masks" in output:
         binary = (output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)  # [K, H, W]
         for result, mask in zip(results, binary):
@@ -46,13 +52,20 @@ def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids
 
 
 @torch.no_grad()
-def predict_dataset(model: nn.Module, loader: DataLoader, device: torch.device, category_ids: list[int],
-                    info: DistInfo = DistInfo(), progress: str | None = None) -> tuple[list[dict], list[int], int]:
+def predict_dataset(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    category_ids: list[int],
+    info: DistInfo = DistInfo(),
+    progress: str | None = None,
+) -> tuple[list[dict], list[int], int]:
     """This process's detections in COCO results format, the image ids it saw, and how many it skipped."""
     model.eval()
     results, image_ids, skipped = [], [], 0
-    for images, targets, n_skipped in tqdm(loader, desc=progress, leave=False,
-                                           disable=progress is None or not info.is_main):
+    for images, targets, n_skipped in tqdm(
+        loader, desc=progress, leave=False, disable=progress is None or not info.is_main
+    ):
         skipped += n_skipped
         if not images:
             continue
@@ -76,14 +89,25 @@ def coco_metrics(ground_truth: COCO, results: list[dict], image_ids: list[int], 
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        metrics.update({f"{prefix}_{name}": (100.0 * float(v) if v >= 0 else None)
-                        for name, v in zip(AP_NAMES, evaluator.stats[:6])})
+        metrics.update(
+            {
+                f"{prefix}_{name}": (100.0 * float(v) if v >= 0 else None)
+                for name, v in zip(AP_NAMES, evaluator.stats[:6])
+            }
+        )
     return metrics
 
 
-def evaluate_detector(model: nn.Module, loader: DataLoader, device: torch.device, ground_truth: COCO,
-                      category_ids: list[int], with_masks: bool, info: DistInfo = DistInfo(),
-                      progress: str | None = None) -> tuple[dict[str, Any], list[dict]]:
+def evaluate_detector(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    ground_truth: COCO,
+    category_ids: list[int],
+    with_masks: bool,
+    info: DistInfo = DistInfo(),
+    progress: str | None = None,
+) -> tuple[dict[str, Any], list[dict]]:
     """COCO metrics over the whole (sharded) ``loader`` and all detections; the same on every process."""
     results, image_ids, skipped = predict_dataset(model, loader, device, category_ids, info, progress)
     shards = gather_objects((results, image_ids, skipped), info)
@@ -93,8 +117,11 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, device: torch.device
     if info.is_main:
         if not all_ids:
             raise DataError("the evaluation set yielded no readable images")
-        shared[0] = {**coco_metrics(ground_truth, all_results, all_ids, with_masks), "images": len(all_ids),
-                     "skipped": sum(shard[2] for shard in shards)}
+        shared[0] = {
+            **coco_metrics(ground_truth, all_results, all_ids, with_masks),
+            "images": len(all_ids),
+            "skipped": sum(shard[2] for shard in shards),
+        }
     if info.enabled:
         dist.broadcast_object_list(shared, src=0)
     return shared[0], all_results

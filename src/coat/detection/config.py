@@ -44,9 +44,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     "coco": {},
     # Images of 128-160 px with 1-4 large shapes, from scratch: about 40 minutes on 2 CPU cores for 300 images.
     "shapes": {
-        "epochs": 5, "batch_size": 4, "lr": 3e-4, "lr_steps": (4,), "warmup_iters": 50,
-        "min_sizes": (128, 144, 160), "max_size": 256, "box_batch_size_per_image": 128,
-        "rpn_post_nms_top_n_train": 500, "amp": False, "workers": 0, "drop_path": 0.0,
+        "epochs": 5,
+        "batch_size": 4,
+        "lr": 3e-4,
+        "lr_steps": (4,),
+        "warmup_iters": 50,
+        "min_sizes": (128, 144, 160),
+        "max_size": 256,
+        "box_batch_size_per_image": 128,
+        "rpn_post_nms_top_n_train": 500,
+        "amp": False,
+        "workers": 0,
+        "drop_path": 0.0,
     },
 }
 
@@ -57,19 +66,32 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
     recipe = given.get("recipe", DetectConfig.recipe)
     check_recipe(recipe, RECIPES)
     model = check_model(given, DetectConfig.model)
-    values: dict[str, Any] = {"drop_path": DETECTION_DROP_PATH.get(model, 0.1), **RECIPES[recipe], **given,
-                              "recipe": recipe}
+    values: dict[str, Any] = {
+        "drop_path": DETECTION_DROP_PATH.get(model, 0.1),
+        **RECIPES[recipe],
+        **given,
+        "recipe": recipe,
+    }
     for name in ("lr_steps", "min_sizes"):
         values[name] = tuple(int(v) for v in values.get(name, getattr(DetectConfig, name)))
     config = DetectConfig(**values)
-    missing = [f"--{name.replace('_', '-')}" for name in ("train_images", "train_annotations", "val_images",
-                                                           "val_annotations") if getattr(config, name) is None]
-    validate(config, [
-        (not missing, f"{', '.join(missing)} required (COCO-format data; `coat detect make-shapes DIR` writes a "
-                      "small set and prints the command)"),
-        (config.detector in DETECTORS, f"--detector must be one of {', '.join(DETECTORS)}"),
-        (bool(config.min_sizes) and min(config.min_sizes) >= 32, "--min-sizes must be short sides of at least 32"),
-        (config.lr is not None and config.lr > 0, "--lr must be positive"),
-        (0 <= config.frozen_stages <= 4, "--frozen-stages must be in 0..4"),
-    ])
+    missing = [
+        f"--{name.replace('_', '-')}"
+        for name in ("train_images", "train_annotations", "val_images", "val_annotations")
+        if getattr(config, name) is None
+    ]
+    validate(
+        config,
+        [
+            (
+                not missing,
+                f"{', '.join(missing)} required (COCO-format data; `coat detect make-shapes DIR` writes a "
+                "small set and prints the command)",
+            ),
+            (config.detector in DETECTORS, f"--detector must be one of {', '.join(DETECTORS)}"),
+            (bool(config.min_sizes) and min(config.min_sizes) >= 32, "--min-sizes must be short sides of at least 32"),
+            (config.lr is not None and config.lr > 0, "--lr must be positive"),
+            (0 <= config.frozen_stages <= 4, "--frozen-stages must be in 0..4"),
+        ],
+    )
     return config

@@ -54,15 +54,19 @@ class CocoIndex:
 
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist; pass the instances JSON of the images "
-                        "(e.g. annotations/instances_train.json)")
+        raise DataError(
+            f"annotation file {path} does not exist; pass the instances JSON of the images "
+            "(e.g. annotations/instances_train.json)"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"annotation file {path} is not valid JSON ({err}); re-export it in COCO format") from None
     if not isinstance(data, dict):
-        raise DataError(f"annotation file {path} is not a COCO instances file (expected an object with images, "
-                        "annotations and categories)")
+        raise DataError(
+            f"annotation file {path} is not a COCO instances file (expected an object with images, "
+            "annotations and categories)"
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"annotation file {path} has no '{key}' list; it is not a COCO instances file")
@@ -74,8 +78,10 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
     annotation_file, images_dir = Path(annotation_file), Path(images_dir)
     data = _load_json(annotation_file)
     if not images_dir.is_dir():
-        raise DataError(f"image folder {images_dir} does not exist; pass the folder the file names in "
-                        f"{annotation_file.name} are relative to")
+        raise DataError(
+            f"image folder {images_dir} does not exist; pass the folder the file names in "
+            f"{annotation_file.name} are relative to"
+        )
     if not data["categories"]:
         raise DataError(f"annotation file {annotation_file} has no categories; a detector needs at least one")
     try:
@@ -84,10 +90,12 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
         names = [str(c["name"]) for c in categories]
         image_ids = {int(image["id"]) for image in data["images"]}
         for image in data["images"]:
-            image["file_name"], image["height"], image["width"]  # noqa: B018 (presence check)
+            image["file_name"], image["height"], image["width"]
     except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"annotation file {annotation_file}: a category or image entry lacks {err}; every category "
-                        "needs id and name, every image id, file_name, width and height") from None
+        raise DataError(
+            f"annotation file {annotation_file}: a category or image entry lacks {err}; every category "
+            "needs id and name, every image id, file_name, width and height"
+        ) from None
     if len(set(category_ids)) != len(category_ids):
         raise DataError(f"annotation file {annotation_file} repeats category ids; make them unique")
 
@@ -98,14 +106,20 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
         try:
             image_id, category_id, (_, _, w, h) = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} needs image_id, "
-                            "category_id and a bbox [x, y, width, height]") from None
+            raise DataError(
+                f"annotation file {annotation_file}: annotation {ann.get('id', '?')} needs image_id, "
+                "category_id and a bbox [x, y, width, height]"
+            ) from None
         if image_id not in image_ids:
-            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} refers to image id "
-                            f"{image_id}, which is not in its images list")
+            raise DataError(
+                f"annotation file {annotation_file}: annotation {ann.get('id', '?')} refers to image id "
+                f"{image_id}, which is not in its images list"
+            )
         if category_id not in known_categories:
-            raise DataError(f"annotation file {annotation_file}: annotation {ann.get('id', '?')} has category_id "
-                            f"{category_id}, which is not in its categories list")
+            raise DataError(
+                f"annotation file {annotation_file}: annotation {ann.get('id', '?')} has category_id "
+                f"{category_id}, which is not in its categories list"
+            )
         has_masks = has_masks and bool(ann.get("segmentation"))
         if ann.get("iscrowd", 0):
             continue  # crowd regions are ignored in training and handled by COCOeval in evaluation
@@ -119,37 +133,56 @@ def read_coco(annotation_file: str | Path, images_dir: str | Path, skip_missing:
     for image in data["images"]:
         (present if (images_dir / image["file_name"]).is_file() else missing).append(image)
     if missing and not skip_missing:
-        raise DataError(f"{len(missing)} of the {len(data['images'])} images in {annotation_file} have no file in "
-                        f"{images_dir} (first: {missing[0]['file_name']}); fix the paths or pass --skip-corrupt to "
-                        "skip them")
+        raise DataError(
+            f"{len(missing)} of the {len(data['images'])} images in {annotation_file} have no file in "
+            f"{images_dir} (first: {missing[0]['file_name']}); fix the paths or pass --skip-corrupt to "
+            "skip them"
+        )
     if not present:
         raise DataError(f"none of the images in {annotation_file} is in {images_dir}; pass the right image folder")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco = COCO()
         coco.dataset = data
         coco.createIndex()
-    return CocoIndex(annotation_file, images_dir, present, per_image, category_ids, names, has_masks, dropped,
-                     [m["file_name"] for m in missing], coco, empty)
+    return CocoIndex(
+        annotation_file,
+        images_dir,
+        present,
+        per_image,
+        category_ids,
+        names,
+        has_masks,
+        dropped,
+        [m["file_name"] for m in missing],
+        coco,
+        empty,
+    )
 
 
 def _is_background(category_id: int, name: str) -> bool:
     return category_id == 0 or name.strip("_ ").lower() == "background"
 
 
-def _drop_unused_background(annotation_file: Path, category_ids: list[int], names: list[str],
-                            annotations: list[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+def _drop_unused_background(
+    annotation_file: Path, category_ids: list[int], names: list[str], annotations: list[dict[str, Any]]
+) -> tuple[list[int], list[str], list[str]]:
     """Drop categories named like background (or with id 0) that no annotation uses: exporters such as
     labelme2coco write one, and it must not become a class of the detector. Returns the kept ids and names,
     and the names of the other categories that no annotation uses (kept: a validation split may lack some)."""
     used = {int(ann["category_id"]) for ann in annotations}
     background = [(i, n) for i, n in zip(category_ids, names) if i not in used and _is_background(i, n)]
     if background:
-        logger.info("%s: dropped the unused background categor%s %s", annotation_file.name,
-                    "y" if len(background) == 1 else "ies", ", ".join(f"{n!r} (id {i})" for i, n in background))
+        logger.info(
+            "%s: dropped the unused background categor%s %s",
+            annotation_file.name,
+            "y" if len(background) == 1 else "ies",
+            ", ".join(f"{n!r} (id {i})" for i, n in background),
+        )
     kept = [(i, n) for i, n in zip(category_ids, names) if (i, n) not in background]
     if not kept:
-        raise DataError(f"annotation file {annotation_file} has no categories besides background; a detector needs "
-                        "at least one")
+        raise DataError(
+            f"annotation file {annotation_file} has no categories besides background; a detector needs at least one"
+        )
     empty = [n for i, n in kept if i not in used]
     return [i for i, _ in kept], [n for _, n in kept], empty
 
@@ -206,15 +239,18 @@ class CocoDetectionSet(Dataset):
         }
         if self.with_masks:
             masks = [annotation_mask(a["segmentation"], height, width) for a in annotations]
-            target["masks"] = tv_tensors.Mask(torch.stack(masks) if masks else
-                                              torch.zeros(0, height, width, dtype=torch.uint8))
+            target["masks"] = tv_tensors.Mask(
+                torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+            )
         image, target = self.transform(image, target)
-        return image.as_subclass(torch.Tensor), {k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v
-                                                 for k, v in target.items()}
+        return image.as_subclass(torch.Tensor), {
+            k: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v for k, v in target.items()
+        }
 
 
 def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]], int]:
-    """Lists of images and targets (detectors take varied sizes), dropping skipped ``None``: (images, targets, skipped)."""
+    """Lists of images and targets (detectors take varied sizes) without the skipped ``None``s:
+    (images, targets, skipped)."""
     kept = [item for item in batch if item is not None]
     images = [image for image, _ in kept]
     targets = [target for _, target in kept]

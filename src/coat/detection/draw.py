@@ -8,8 +8,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from .coco_eval import MASK_THRESHOLD
 
 # One colour per class (cycled): distinct, readable on dark and light backgrounds.
-PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-           "#fabebe"]
+PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe"]
 
 
 def keep_confident(output: dict[str, torch.Tensor], score_threshold: float) -> dict[str, torch.Tensor]:

@@ -43,9 +43,16 @@ class DetectionReport:
 
 
 def evaluate_detector_checkpoint(
-    checkpoint: str | os.PathLike, images: str | os.PathLike, annotations: str | os.PathLike, *,
-    output: str | os.PathLike | None = None, batch_size: int = 1, workers: int = 2, device: str = "auto",
-    skip_corrupt: bool = False, overwrite: bool = False,
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike,
+    annotations: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    batch_size: int = 1,
+    workers: int = 2,
+    device: str = "auto",
+    skip_corrupt: bool = False,
+    overwrite: bool = False,
 ) -> DetectionReport:
     """COCO box (and mask) AP of a ``coat detect train`` checkpoint on a COCO-format set (pycocotools), with
     ``results.json`` and the detections (COCO results format) written to ``output`` (default: ``eval/`` beside
@@ -56,17 +63,30 @@ def evaluate_detector_checkpoint(
     model, spec = load_detector(checkpoint)
     index = read_coco(annotations, images, skip_corrupt)
     if index.category_ids != spec.category_ids:
-        raise DataError(f"{annotations} lists categories {index.category_ids} but the checkpoint detects "
-                        f"{spec.category_ids}; evaluate on data with the training categories")
+        raise DataError(
+            f"{annotations} lists categories {index.category_ids} but the checkpoint detects "
+            f"{spec.category_ids}; evaluate on data with the training categories"
+        )
     with_masks = spec.detector == "maskrcnn" and index.has_masks  # without ground-truth masks, boxes only
     target = pick_device(device)
-    dataset = CocoDetectionSet(index, detection_transform(0.0), with_masks=False,  # COCOeval reads the JSON's
-                               skip_corrupt=skip_corrupt)
+    dataset = CocoDetectionSet(
+        index,
+        detection_transform(0.0),
+        with_masks=False,  # COCOeval reads the JSON's
+        skip_corrupt=skip_corrupt,
+    )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_detection)
-    metrics, detections = evaluate_detector(model.to(target), loader, target, index.coco, spec.category_ids,
-                                            with_masks, progress="eval")
-    record = {"checkpoint": str(checkpoint), "images_folder": str(images), "annotations": str(annotations),
-              "missing_images": len(index.missing_images), "degenerate_boxes_dropped": index.dropped_boxes, **metrics}
+    metrics, detections = evaluate_detector(
+        model.to(target), loader, target, index.coco, spec.category_ids, with_masks, progress="eval"
+    )
+    record = {
+        "checkpoint": str(checkpoint),
+        "images_folder": str(images),
+        "annotations": str(annotations),
+        "missing_images": len(index.missing_images),
+        "degenerate_boxes_dropped": index.dropped_boxes,
+        **metrics,
+    }
     write_json(results_path, record)
     write_json(detections_path, detections, indent=None)
     return DetectionReport(metrics, record, results_path, detections_path, len(index.missing_images))
@@ -82,8 +102,13 @@ class ImageDetections:
 
 
 def predict_detections(
-    inputs: Sequence[str | os.PathLike], checkpoint: str | os.PathLike, output: str | os.PathLike, *,
-    score_threshold: float = 0.5, device: str = "auto", overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    score_threshold: float = 0.5,
+    device: str = "auto",
+    overwrite: bool = False,
 ) -> tuple[list[ImageDetections], Path]:
     """Detect objects in ``inputs`` (image files, folders or glob patterns): each image drawn with its detections
     scoring at least ``score_threshold`` to ``output/<stem>.png``, and all detections in COCO results format

@@ -31,8 +31,13 @@ def shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) 
         corners, start = 4, math.pi / 4
     else:
         corners, start = 3, angle
-    return [(cx + radius * math.cos(start + 2 * math.pi * i / corners),
-             cy + radius * math.sin(start + 2 * math.pi * i / corners)) for i in range(corners)]
+    return [
+        (
+            cx + radius * math.cos(start + 2 * math.pi * i / corners),
+            cy + radius * math.sin(start + 2 * math.pi * i / corners),
+        )
+        for i in range(corners)
+    ]
 
 
 def polygon_area(polygon: list[tuple[float, float]]) -> float:
@@ -66,8 +71,9 @@ def _draw_image(rng: random.Random, width: int, height: int, max_shapes: int):
     return image, annotations
 
 
-def make_split(folder: Path, annotation_file: Path, count: int, seed: int, size: tuple[int, int] = (128, 160),
-               max_shapes: int = 4) -> dict:
+def make_split(
+    folder: Path, annotation_file: Path, count: int, seed: int, size: tuple[int, int] = (128, 160), max_shapes: int = 4
+) -> dict:
     """Write ``count`` PNGs into ``folder`` (sides drawn from ``size``) and their COCO instances file."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,9 +88,17 @@ def make_split(folder: Path, annotation_file: Path, count: int, seed: int, size:
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
             x0, y0 = max(0.0, min(xs)), max(0.0, min(ys))
             w, h = min(float(width), max(xs)) - x0, min(float(height), max(ys)) - y0
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                                "bbox": [round(v, 2) for v in (x0, y0, w, h)], "area": round(polygon_area(polygon), 2),
-                                "iscrowd": 0, "segmentation": [[round(c, 2) for p in polygon for c in p]]})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [round(v, 2) for v in (x0, y0, w, h)],
+                    "area": round(polygon_area(polygon), 2),
+                    "iscrowd": 0,
+                    "segmentation": [[round(c, 2) for p in polygon for c in p]],
+                }
+            )
     dataset = {"images": images, "annotations": annotations, "categories": CATEGORIES}
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
     annotation_file.write_text(json.dumps(dataset))
@@ -94,8 +108,12 @@ def make_split(folder: Path, annotation_file: Path, count: int, seed: int, size:
 def make_shapes(root: str | Path, train_images: int = 300, val_images: int = 60) -> dict[str, Path]:
     """Both splits under ``root``; returns the four paths ``coat detect train`` takes."""
     root = Path(root)
-    paths = {"train_images": root / "train", "train_annotations": root / "annotations" / "instances_train.json",
-             "val_images": root / "val", "val_annotations": root / "annotations" / "instances_val.json"}
+    paths = {
+        "train_images": root / "train",
+        "train_annotations": root / "annotations" / "instances_train.json",
+        "val_images": root / "val",
+        "val_annotations": root / "annotations" / "instances_val.json",
+    }
     for split, count in (("train", train_images), ("val", val_images)):
         make_split(paths[f"{split}_images"], paths[f"{split}_annotations"], count, SPLIT_SEEDS[split])
     return paths

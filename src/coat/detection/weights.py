@@ -33,18 +33,30 @@ class DetectorSpec:
 
     def build(self, backbone_weights: str | None = None, **kwargs: object) -> nn.Module:
         """The detector (``num_classes`` counts the background), randomly initialised or on backbone weights."""
-        return DETECTORS[self.detector](self.variant, num_classes=len(self.class_names) + 1,
-                                        backbone_weights=backbone_weights, min_size=self.min_sizes,
-                                        max_size=self.max_size, **kwargs)
+        return DETECTORS[self.detector](
+            self.variant,
+            num_classes=len(self.class_names) + 1,
+            backbone_weights=backbone_weights,
+            min_size=self.min_sizes,
+            max_size=self.max_size,
+            **kwargs,
+        )
 
     def metadata(self) -> dict[str, str]:
-        return {"format": DETECTOR_FORMAT_NAME, "detector": self.detector, "variant": self.variant,
-                "class_names": json.dumps(self.class_names), "category_ids": json.dumps(self.category_ids),
-                "min_sizes": json.dumps(list(self.min_sizes)), "max_size": str(self.max_size)}
+        return {
+            "format": DETECTOR_FORMAT_NAME,
+            "detector": self.detector,
+            "variant": self.variant,
+            "class_names": json.dumps(self.class_names),
+            "category_ids": json.dumps(self.category_ids),
+            "min_sizes": json.dumps(list(self.min_sizes)),
+            "max_size": str(self.max_size),
+        }
 
 
-def save_detector(model: nn.Module, spec: DetectorSpec, path: str | os.PathLike,
-                  metadata: dict[str, str] | None = None) -> Path:
+def save_detector(
+    model: nn.Module, spec: DetectorSpec, path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``model``'s weights and ``spec`` atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {**spec.metadata(), **(metadata or {})}
@@ -55,14 +67,23 @@ def load_detector(path: str | os.PathLike) -> tuple[nn.Module, DetectorSpec]:
     """The detector saved at ``path`` (by ``coat detect train``), in eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the best.safetensors of a `coat detect train` "
-                              "run")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the best.safetensors of a `coat detect train` run"
+        )
     state, meta = read_safetensors(path)
     if meta.get("format") != DETECTOR_FORMAT_NAME:
-        raise CheckpointError(f"{path} is not a detector checkpoint (format {meta.get('format', 'unknown')}); pass "
-                              "the best.safetensors of a `coat detect train` run")
-    spec = DetectorSpec(meta["detector"], meta["variant"], json.loads(meta["class_names"]),
-                        json.loads(meta["category_ids"]), tuple(json.loads(meta["min_sizes"])), int(meta["max_size"]))
+        raise CheckpointError(
+            f"{path} is not a detector checkpoint (format {meta.get('format', 'unknown')}); pass "
+            "the best.safetensors of a `coat detect train` run"
+        )
+    spec = DetectorSpec(
+        meta["detector"],
+        meta["variant"],
+        json.loads(meta["class_names"]),
+        json.loads(meta["category_ids"]),
+        tuple(json.loads(meta["min_sizes"])),
+        int(meta["max_size"]),
+    )
     model = spec.build()
     load_state_into(model, state, source=str(path))
     return model.eval(), spec

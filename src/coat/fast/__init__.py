@@ -73,18 +73,24 @@ def choose(model: nn.Module, x: torch.Tensor) -> Choice:
         return Choice("reference", required, reference)
     if torch.compiler.is_compiling():  # eager fast paths are opaque to the compiler: only as a registered operator
         path = cpu_inference.PATH
-        why_not = path.why_not(model, x) if path.name in _allowed else "is switched off by coat.fast.only()"
+        why_not = _why_not(path, model, x)
         if why_not is None:
-            return Choice(path.name, "compiled: runs as the operator coat::cpu_inference_tokens",
-                          compiled.cpu_inference_tokens)
+            return Choice(
+                path.name, "compiled: runs as the operator coat::cpu_inference_tokens", compiled.cpu_inference_tokens
+            )
         return Choice("reference", f"torch.compile traces the reference modules ({path.name} {why_not})", reference)
     reasons = []
     for path in FAST_PATHS:
-        why_not = path.why_not(model, x) if path.name in _allowed else "is not enabled (coat.fast.only)"
+        why_not = _why_not(path, model, x)
         if why_not is None:
             return Choice(path.name, "every condition of the path holds", path.tokens)
         reasons.append(f"{path.name} {why_not}")
     return Choice("reference", "no fast path serves this call: " + "; ".join(reasons), reference)
+
+
+def _why_not(path: FastPath, model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``path`` cannot run ``model(x)`` now (not enabled, or an unmet condition), or None."""
+    return path.why_not(model, x) if path.name in _allowed else "is not enabled (coat.fast.only)"
 
 
 def _reference_required(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -95,12 +101,22 @@ def _reference_required(model: nn.Module, x: torch.Tensor) -> str | None:
         ("TorchScript scripting or tracing", lambda: torch.jit.is_scripting() or torch.jit.is_tracing()),
         ("ONNX export", torch.onnx.is_in_onnx_export),
         ("torch.export", torch.compiler.is_exporting),
-        ("a tensor subclass or proxy (FX tracing, __torch_function__)", lambda: torch.overrides.has_torch_function((x,))),
-        ("a TorchDispatchMode is active (FlopCounterMode, fake tensors, ...)",
-         lambda: not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False)),
-        ("hooks are registered on modules of the trunk (they see the reference modules run)", lambda: _has_hooks(model)),
-        ("the model is pruned (prune_intermediate_layers); the fast paths run four scales",
-         lambda: len(model.stages) < 4),
+        (
+            "a tensor subclass or proxy (FX tracing, __torch_function__)",
+            lambda: torch.overrides.has_torch_function((x,)),
+        ),
+        (
+            "a TorchDispatchMode is active (FlopCounterMode, fake tensors, ...)",
+            lambda: not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False),
+        ),
+        (
+            "hooks are registered on modules of the trunk (they see the reference modules run)",
+            lambda: _has_hooks(model),
+        ),
+        (
+            "the model is pruned (prune_intermediate_layers); the fast paths run four scales",
+            lambda: len(model.stages) < 4,
+        ),
     )
     return next((reason for reason, holds in checks if holds()), None)
 
@@ -109,10 +125,17 @@ def _has_hooks(model: nn.Module) -> bool:
     """True if a forward or backward hook is registered globally or on a module that runs in the trunk (the
     containers ``nn.ModuleList`` / ``nn.ModuleDict`` never run, so their hooks never fire)."""
     module_api = nn.modules.module  # no public API reads the global hooks
-    global_hooks = (module_api._global_forward_hooks, module_api._global_forward_pre_hooks,
-                    module_api._global_backward_hooks, module_api._global_backward_pre_hooks)
-    running = [m for m in (*model.stages.modules(), *model.parallel_blocks.modules())
-               if not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+    global_hooks = (
+        module_api._global_forward_hooks,
+        module_api._global_forward_pre_hooks,
+        module_api._global_backward_hooks,
+        module_api._global_backward_pre_hooks,
+    )
+    running = [
+        m
+        for m in (*model.stages.modules(), *model.parallel_blocks.modules())
+        if not isinstance(m, (nn.ModuleList, nn.ModuleDict))
+    ]
     return any(global_hooks) or any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in running
     )

@@ -32,8 +32,9 @@ class _EagerTokens(nn.Module):
 
 def _trunk_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """The stages' and parallel blocks' parameters, named as in ``_EagerTokens``."""
-    return {f"model.{name}": p for name, p in model.named_parameters()
-            if name.startswith(("stages.", "parallel_blocks."))}
+    return {
+        f"model.{name}": p for name, p in model.named_parameters() if name.startswith(("stages.", "parallel_blocks."))
+    }
 
 
 def _skeleton(config_json: str) -> tuple[_EagerTokens, list[str]]:
@@ -50,16 +51,18 @@ def _skeleton(config_json: str) -> tuple[_EagerTokens, list[str]]:
 
 
 @torch.library.custom_op("coat::cpu_inference_tokens", mutates_args=())
-def _tokens_op(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
-               num_image_tokens: list[int]) -> list[torch.Tensor]:
+def _tokens_op(
+    x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int], num_image_tokens: list[int]
+) -> list[torch.Tensor]:
     """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of ``cpu_inference.PATH.tokens``."""
     skeleton, names = _skeleton(config_json)
     return torch.func.functional_call(skeleton, dict(zip(names, weights)), (x,))
 
 
 @_tokens_op.register_fake
-def _tokens_shapes(x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int],
-                   num_image_tokens: list[int]) -> list[torch.Tensor]:
+def _tokens_shapes(
+    x: torch.Tensor, weights: list[torch.Tensor], config_json: str, dims: list[int], num_image_tokens: list[int]
+) -> list[torch.Tensor]:
     return [x.new_empty(x.shape[0], 1 + n, dim) for n, dim in zip(num_image_tokens, dims)]
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .kernels import BlockRunner, Kernels, ScaleAttention, ValueEncoder, factorized_attention
-from .path import SIZE_FIELDS, Condition, FastPath
+from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
 from .tiled_mlp import tile_rows
 
 CHUNK_ELEMENTS = 2**20  # samples per chunk: tokens of about 4 MiB of float32
@@ -57,8 +57,10 @@ class InferenceKernels(Kernels):
     def mix(self, outs: list[torch.Tensor], grids: Sequence[Grid]) -> list[torch.Tensor]:
         """``models.blocks.interpolation_mix`` added into the attention outputs (made in this call)."""
         cls_sum = sum(out[:, :1] for out in outs)  # [B, 1, C]
-        resized = [[resize_image_tokens(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
-                   for i, grid in enumerate(grids)]  # every resize reads the outputs before any is changed
+        resized = [
+            [resize_image_tokens(other, grids[j], grid) for j, other in enumerate(outs) if j != i]
+            for i, grid in enumerate(grids)
+        ]  # every resize reads the outputs before any is changed
         for out, others in zip(outs, resized):
             for other in others:
                 out[:, 1:] += other
@@ -79,10 +81,10 @@ PATH = FastPath(
     "cpu_inference",
     InferenceKernels(),
     conditions=(
-        Condition("a CPU tensor", lambda model, x: x.device.type == "cpu"),
-        Condition("float32 inputs", lambda model, x: x.dtype == torch.float32),
+        ON_CPU,
+        FLOAT32,
         Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled()),
-        Condition("no CPU autocast", lambda model, x: not torch.is_autocast_enabled("cpu")),
+        NO_CPU_AUTOCAST,
         Condition("eval mode", lambda model, x: not model.training),
     ),
     config={**SIZE_FIELDS, "coscale": ("interpolate",)},

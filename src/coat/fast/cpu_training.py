@@ -22,7 +22,7 @@ from torch import nn
 from ..models.layers import ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .grouped_conv import GroupedDepthwiseConv
 from .kernels import Kernels, ScaleAttention, ValueEncoder, factorized_attention
-from .path import SIZE_FIELDS, Condition, FastPath
+from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
 
 # The MLP recomputes only where its hidden activations fill at least 4 tiles (8 MiB): below that the memory
@@ -65,12 +65,13 @@ PATH = FastPath(
     "cpu_training",
     TrainingKernels(),
     conditions=(
-        Condition("a CPU tensor", lambda model, x: x.device.type == "cpu"),
-        Condition("float32 inputs", lambda model, x: x.dtype == torch.float32),
+        ON_CPU,
+        FLOAT32,
         Condition("autograd on", lambda model, x: torch.is_grad_enabled()),
-        Condition("no CPU autocast", lambda model, x: not torch.is_autocast_enabled("cpu")),
-        Condition(f"{MIN_STAGE1_TOKENS}+ stage-1 tokens per image (16x16 at stride 4: 64x64 pixels)",
-                  _enough_stage1_tokens),
+        NO_CPU_AUTOCAST,
+        Condition(
+            f"{MIN_STAGE1_TOKENS}+ stage-1 tokens per image (16x16 at stride 4: 64x64 pixels)", _enough_stage1_tokens
+        ),
     ),
     config={**SIZE_FIELDS, "coscale": ("interpolate",)},
 )
@@ -92,8 +93,17 @@ def _mlp_branch(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Te
     if hidden_elements < RECOMPUTE_MIN_HIDDEN_ELEMENTS:
         return mlp(norm(x))
     rows = x.reshape(-1, x.shape[-1])  # [B*N, C]
-    branch = NormMlpFunction.apply(rows, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                                   mlp.fc2.bias, norm.eps, tile_rows(mlp.fc1.out_features))
+    branch = NormMlpFunction.apply(
+        rows,
+        norm.weight,
+        norm.bias,
+        mlp.fc1.weight,
+        mlp.fc1.bias,
+        mlp.fc2.weight,
+        mlp.fc2.bias,
+        norm.eps,
+        tile_rows(mlp.fc1.out_features),
+    )
     return branch.view_as(x)
 
 

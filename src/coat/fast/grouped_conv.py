@@ -27,8 +27,13 @@ class GroupedDepthwiseConv(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: torch.Tensor, *weights_then_biases: torch.Tensor) -> torch.Tensor:
         weights, biases = _halves(weights_then_biases)
         groups = x.split([w.shape[0] for w in weights], dim=1)
-        out = torch.cat([F.conv2d(channels_last(group), w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
-                         for group, w, b in zip(groups, weights, biases)], dim=1)
+        out = torch.cat(
+            [
+                F.conv2d(channels_last(group), w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
+                for group, w, b in zip(groups, weights, biases)
+            ],
+            dim=1,
+        )
         ctx.save_for_backward(x, *weights)
         ctx.compute_dtype = out.dtype  # lower than x's or the weights' under autocast
         return out
@@ -43,8 +48,17 @@ class GroupedDepthwiseConv(torch.autograd.Function):
         for group, grad, w in zip(x.split(splits, dim=1), grad_out.split(splits, dim=1), weights):
             pad = w.shape[-1] // 2
             grad_group, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                channels_last(grad.to(dtype)), channels_last(group.to(dtype)), w.to(dtype), [w.shape[0]],
-                [1, 1], [pad, pad], [1, 1], False, [0, 0], w.shape[0], [ctx.needs_input_grad[0], True, True],
+                channels_last(grad.to(dtype)),
+                channels_last(group.to(dtype)),
+                w.to(dtype),
+                [w.shape[0]],
+                [1, 1],
+                [pad, pad],
+                [1, 1],
+                False,
+                [0, 0],
+                w.shape[0],
+                [ctx.needs_input_grad[0], True, True],
             )
             grad_groups.append(grad_group)
             grad_weights.append(grad_w)

@@ -26,6 +26,12 @@ class Condition:
     holds: Callable[[nn.Module, torch.Tensor], bool]
 
 
+# The conditions of the eager CPU paths (their kernels are measured in float32 without autocast).
+ON_CPU = Condition("a CPU tensor", lambda model, x: x.device.type == "cpu")
+FLOAT32 = Condition("float32 inputs", lambda model, x: x.dtype == torch.float32)
+NO_CPU_AUTOCAST = Condition("no CPU autocast", lambda model, x: not torch.is_autocast_enabled("cpu"))
+
+
 @dataclass(frozen=True)
 class FastPath:
     """A faster implementation of ``CoaT.forward_tokens``.
@@ -66,5 +72,18 @@ class FastPath:
 # The fields whose every value the kernels run: they set sizes (widths, depths, heads, windows, classes)
 # that the kernels read from the modules. Named one by one: a new field is in no path's list until added.
 SIZE_FIELDS: dict[str, tuple | None] = dict.fromkeys(
-    ("embed_dims", "serial_depths", "parallel_depth", "mlp_ratios", "num_heads", "patch_sizes", "in_chans",
-     "num_classes", "qkv_bias", "crpe_windows", "drop_path_rate"), ANY_VALUE)
+    (
+        "embed_dims",
+        "serial_depths",
+        "parallel_depth",
+        "mlp_ratios",
+        "num_heads",
+        "patch_sizes",
+        "in_chans",
+        "num_classes",
+        "qkv_bias",
+        "crpe_windows",
+        "drop_path_rate",
+    ),
+    ANY_VALUE,
+)

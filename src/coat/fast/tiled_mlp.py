@@ -74,10 +74,25 @@ class NormMlpFunction(torch.autograd.Function):
             grad_fc1_weight.addmm_(grad_pre_act.t(), normed)
             grad_fc1_bias += grad_pre_act.sum(0)
             grad_x[rows], grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-                grad_pre_act @ fc1_weight, x[rows], x.shape[-1:], mean, rstd, norm_weight, norm_bias,
+                grad_pre_act @ fc1_weight,
+                x[rows],
+                x.shape[-1:],
+                mean,
+                rstd,
+                norm_weight,
+                norm_bias,
                 [True, True, True],
             )
             grad_norm_weight += grad_w
             grad_norm_bias += grad_b
-        return (grad_x, grad_norm_weight, grad_norm_bias, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight,
-                grad_out.sum(0), None, None)
+        return (
+            grad_x,
+            grad_norm_weight,
+            grad_norm_bias,
+            grad_fc1_weight,
+            grad_fc1_bias,
+            grad_fc2_weight,
+            grad_out.sum(0),
+            None,
+            None,
+        )

@@ -39,25 +39,34 @@ def run_trunk(model: nn.Module, x: torch.Tensor, kernels: Kernels) -> tuple[list
     if model.parallel_blocks:
         scales = tokens[1:]
         for block in model.parallel_blocks:
-            scales = checkpointed(model.grad_checkpointing, _parallel_block, kernels, block, scales, grids[1:],
-                                  attentions[1:])
+            scales = checkpointed(
+                model.grad_checkpointing, _parallel_block, kernels, block, scales, grids[1:], attentions[1:]
+            )
         tokens = tokens[:1] + list(scales)
     return tokens, grids
 
 
-def _serial_block(kernels: Kernels, block: nn.Module, x: torch.Tensor, grid: Grid,
-                  attention: ScaleAttention) -> torch.Tensor:
+def _serial_block(
+    kernels: Kernels, block: nn.Module, x: torch.Tensor, grid: Grid, attention: ScaleAttention
+) -> torch.Tensor:
     """``SerialBlock.forward``: CPE, attention residual, MLP residual."""
     x = kernels.add_position(block.cpe, x, grid)
     x = x + block.drop_path(attention(block.attn, block.norm1(x), grid))
     return kernels.add_mlp(x, block.norm2, block.mlp, block.drop_path)
 
 
-def _parallel_block(kernels: Kernels, block: nn.Module, xs: list[torch.Tensor], grids: Sequence[Grid],
-                    attentions: Sequence[ScaleAttention]) -> list[torch.Tensor]:
+def _parallel_block(
+    kernels: Kernels,
+    block: nn.Module,
+    xs: list[torch.Tensor],
+    grids: Sequence[Grid],
+    attentions: Sequence[ScaleAttention],
+) -> list[torch.Tensor]:
     """``ParallelBlock.forward`` (feature interpolation): per-scale CPE and attention, the mix, the shared MLP."""
     xs = [kernels.add_position(cpe, x, grid) for cpe, x, grid in zip(block.cpes, xs, grids)]
-    outs = [attention(attn, norm(x), grid)
-            for attention, attn, norm, x, grid in zip(attentions, block.attns, block.norms1, xs, grids)]
+    outs = [
+        attention(attn, norm(x), grid)
+        for attention, attn, norm, x, grid in zip(attentions, block.attns, block.norms1, xs, grids)
+    ]
     xs = [x + block.drop_path(mixed) for x, mixed in zip(xs, kernels.mix(outs, grids))]
     return [kernels.add_mlp(x, norm, block.mlp, block.drop_path) for norm, x in zip(block.norms2, xs)]

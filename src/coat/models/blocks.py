@@ -29,8 +29,16 @@ class SerialBlock(nn.Module):
     The CPE and CRPE are shared by all blocks of a stage (saved once, under the stage).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 cpe: ConvPosEnc, crpe: ConvRelPosEnc) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        cpe: ConvPosEnc,
+        crpe: ConvRelPosEnc,
+    ) -> None:
         super().__init__()
         self.cpe = cpe
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
@@ -108,8 +116,15 @@ class ParallelBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, coscale: str,
-        cpes: Sequence[ConvPosEnc], crpes: Sequence[ConvRelPosEnc],
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        coscale: str,
+        cpes: Sequence[ConvPosEnc],
+        crpes: Sequence[ConvRelPosEnc],
     ) -> None:
         super().__init__()
         self.coscale = coscale
@@ -144,8 +159,9 @@ class ParallelBlock(nn.Module):
             context = factorized_context(k, v)  # [B, h, d, d]
             for other, (_, k_other, v_other) in enumerate(qkvs):
                 if other != s:
-                    context = context + factorized_context(_resize_heads(k_other, grids[other], grids[s]),
-                                                           _resize_heads(v_other, grids[other], grids[s]))
+                    context = context + factorized_context(
+                        _resize_heads(k_other, grids[other], grids[s]), _resize_heads(v_other, grids[other], grids[s])
+                    )
             mixed.append(attn.read(q, v, context, grids[s]))
         return mixed
 

@@ -28,7 +28,8 @@ class CoaT(nn.Module):
     ``forward(x)`` maps images ``[B, 3, H, W]`` (any H, W >= 32) to logits ``[B, num_classes]``.
     """
 
-    __jit_unused_properties__ = ["num_classes", "head_hidden_size", "pretrained_cfg", "default_cfg"]
+    # TorchScript skips these properties (it reads this list itself: no ClassVar tuple)
+    __jit_unused_properties__ = ["num_classes", "head_hidden_size", "pretrained_cfg", "default_cfg"]  # noqa: RUF012
 
     def __init__(self, config: CoaTConfig) -> None:
         super().__init__()
@@ -37,19 +38,37 @@ class CoaT(nn.Module):
         dims = config.embed_dims
         in_dims = (config.in_chans, *dims[:-1])
         self.stages = nn.ModuleList(
-            Stage(in_dims[i], dims[i], config.patch_sizes[i], config.serial_depths[i], config.num_heads,
-                  config.mlp_ratios[i], config.qkv_bias, config.crpe_windows, config.drop_path_rate)
+            Stage(
+                in_dims[i],
+                dims[i],
+                config.patch_sizes[i],
+                config.serial_depths[i],
+                config.num_heads,
+                config.mlp_ratios[i],
+                config.qkv_bias,
+                config.crpe_windows,
+                config.drop_path_rate,
+            )
             for i in range(4)
         )
         reductions = list(itertools.accumulate(config.patch_sizes, operator.mul))  # 4, 8, 16, 32
         # where each scale's output comes from: its stage, or for CoaT's scales 2-4 the last parallel block
         last = "stages.{}" if config.is_lite else f"parallel_blocks.{config.parallel_depth - 1}"
-        self.feature_info = [{"num_chs": dims[i], "reduction": reductions[i],
-                              "module": f"stages.{i}" if i == 0 else last.format(i)} for i in range(4)]
+        self.feature_info = [
+            {"num_chs": dims[i], "reduction": reductions[i], "module": f"stages.{i}" if i == 0 else last.format(i)}
+            for i in range(4)
+        ]
         self.parallel_blocks = nn.ModuleList(
-            ParallelBlock(dims[1], config.num_heads, config.mlp_ratios[1], config.qkv_bias, config.drop_path_rate,
-                          config.coscale, [stage.cpe for stage in self.stages[1:]],
-                          [stage.crpe for stage in self.stages[1:]])
+            ParallelBlock(
+                dims[1],
+                config.num_heads,
+                config.mlp_ratios[1],
+                config.qkv_bias,
+                config.drop_path_rate,
+                config.coscale,
+                [stage.cpe for stage in self.stages[1:]],
+                [stage.crpe for stage in self.stages[1:]],
+            )
             for _ in range(config.parallel_depth)
         )
         self.grad_checkpointing = False
@@ -94,8 +113,13 @@ class CoaT(nn.Module):
         return tokens, grids
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
-        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """timm's feature API: ``(forward_features(x), maps)``, or ``maps`` alone with ``intermediates_only``.
 
@@ -119,14 +143,18 @@ class CoaT(nn.Module):
         for i in take:
             scale_tokens = self._head_norm(i)(tokens[i]) if norm else tokens[i]
             feature = tokens_to_nchw(scale_tokens, grids[i])  # [B, C, H_s, W_s]
-            maps.append(feature.permute(0, 2, 3, 1) if output_fmt == "NHWC" else
-                        feature.contiguous(memory_format=torch.channels_last))
+            maps.append(
+                feature.permute(0, 2, 3, 1)
+                if output_fmt == "NHWC"
+                else feature.contiguous(memory_format=torch.channels_last)
+            )
         if intermediates_only:
             return maps
         return (self.head_features(tokens) if stop == len(self.stages) and self.head_norms else tokens[-1]), maps
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Remove what the maps at ``indices`` do not need (timm's semantics); returns those indices.
 
         CoaT-Lite drops the stages after the last index; CoaT's parallel blocks need all four scales, so
@@ -136,10 +164,10 @@ class CoaT(nn.Module):
         """
         take = feature_indices(len(self.stages), indices)
         if self.config.is_lite or max(take) == 0:
-            del self.stages[max(take) + 1:]
+            del self.stages[max(take) + 1 :]
             if max(take) < 3:
                 self.parallel_blocks = nn.ModuleList()
-                self.feature_info = self.feature_info[:len(self.stages)]
+                self.feature_info = self.feature_info[: len(self.stages)]
         pruned_stages = len(self.stages) < 4
         if prune_norm or pruned_stages:
             self.head_norms = nn.ModuleList()
@@ -197,10 +225,18 @@ class CoaT(nn.Module):
     def pretrained_cfg(self) -> dict:
         """timm's description of the weights: preprocessing, classes and the first conv / classifier names."""
         pre = self.preprocessing
-        return {"architecture": getattr(self, "variant", None), "input_size": (self.config.in_chans,
-                pre.input_size, pre.input_size), "crop_pct": pre.crop_pct, "interpolation": pre.interpolation,
-                "crop_mode": pre.crop_mode, "mean": pre.mean, "std": pre.std, "num_classes": self.num_classes,
-                "first_conv": FIRST_CONV, "classifier": "head"}
+        return {
+            "architecture": getattr(self, "variant", None),
+            "input_size": (self.config.in_chans, pre.input_size, pre.input_size),
+            "crop_pct": pre.crop_pct,
+            "interpolation": pre.interpolation,
+            "crop_mode": pre.crop_mode,
+            "mean": pre.mean,
+            "std": pre.std,
+            "num_classes": self.num_classes,
+            "first_conv": FIRST_CONV,
+            "classifier": "head",
+        }
 
     @property
     def default_cfg(self) -> dict:
@@ -214,10 +250,16 @@ class CoaT(nn.Module):
         embedding and blocks (one group per block, or per stage with ``coarse``), the parallel blocks, the head's
         norms and aggregation; the classifier (unmatched) comes last."""
         stage_parts = r"(?:cls_token|patch_embed|cpe|crpe)"
-        blocks = [(r"^stages\.(\d+)", None)] if coarse else [
-            (rf"^stages\.(\d+)\.{stage_parts}", (-1,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
-        return {"stem": rf"^stages\.0\.{stage_parts}", "blocks": blocks,
-                "parallel_blocks": [(r"^parallel_blocks\.(\d+)", None), (r"^head_norms|^aggregate", (99999,))]}
+        blocks = (
+            [(r"^stages\.(\d+)", None)]
+            if coarse
+            else [(rf"^stages\.(\d+)\.{stage_parts}", (-1,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        )
+        return {
+            "stem": rf"^stages\.0\.{stage_parts}",
+            "blocks": blocks,
+            "parallel_blocks": [(r"^parallel_blocks\.(\d+)", None), (r"^head_norms|^aggregate", (99999,))],
+        }
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
 from ..errors import UsageError
 
 COSCALE_MODES = ("interpolate", "attention")
@@ -61,7 +62,7 @@ class CoaTConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CoaTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CoaTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -11,7 +11,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from ..models.coat import CoaT
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .loaders import run_loaders
-from .loop import amp_enabled, backward_and_step, run
+from .loop import Runtime, amp_enabled, backward_and_step, run
 from .optim import warmup_cosine
 
 
@@ -48,9 +48,16 @@ class EvalResult:
         return (100.0 * self.confusion.diag() / totals).tolist()
 
 
-def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
-               label_smoothing: float = 0.0, autocast: contextlib.AbstractContextManager | None = None,
-               scaler: torch.amp.GradScaler | None = None, clip_grad: float = 0.0) -> torch.Tensor:
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    label_smoothing: float = 0.0,
+    autocast: contextlib.AbstractContextManager | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float = 0.0,
+) -> torch.Tensor:
     """One optimizer step on a batch; returns the (detached) loss. ``targets`` may be soft."""
     with autocast or contextlib.nullcontext():
         loss = F.cross_entropy(model(images), targets, label_smoothing=label_smoothing)
@@ -59,9 +66,15 @@ def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             info: DistInfo = DistInfo(), autocast: contextlib.AbstractContextManager | None = None,
-             progress: str | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    info: DistInfo = DistInfo(),
+    autocast: contextlib.AbstractContextManager | None = None,
+    progress: str | None = None,
+) -> EvalResult:
     """Loss, top-1/top-5 and the confusion matrix over ``loader`` (summed over processes)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -80,25 +93,34 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
         top = logits.topk(min(5, num_classes), dim=1).indices  # [B, 5]
         top5_hits += (top == targets[:, None]).any(dim=1).sum()
         confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes * num_classes)
-    totals = torch.stack([loss_sum, top5_hits.double(), torch.tensor(float(skipped), device=device,
-                                                                     dtype=torch.float64)])
+    totals = torch.stack(
+        [loss_sum, top5_hits.double(), torch.tensor(float(skipped), device=device, dtype=torch.float64)]
+    )
     all_reduce_sum(totals, info)
     all_reduce_sum(confusion, info)
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     if count == 0:
         raise DataError("the evaluation set yielded no readable images")
-    return EvalResult(loss=totals[0].item() / count, top1=100.0 * confusion.diag().sum().item() / count,
-                      top5=100.0 * totals[1].item() / count, confusion=confusion, count=count,
-                      skipped=int(totals[2].item()))
+    return EvalResult(
+        loss=totals[0].item() / count,
+        top1=100.0 * confusion.diag().sum().item() / count,
+        top5=100.0 * totals[1].item() / count,
+        confusion=confusion,
+        count=count,
+        skipped=int(totals[2].item()),
+    )
 
 
 class ClassificationTask:
     """``coat train``: CoaT on an image folder or the embedded digits; best.safetensors by top-1."""
 
     score = "top1"
-    plot_panels = {"loss": ["train_loss", "val_loss", "val_ema_loss"],
-                   "accuracy": ["val_top1", "val_top5", "val_ema_top1"], "lr": ["lr"]}
+    plot_panels: ClassVar[dict[str, list[str]]] = {
+        "loss": ["train_loss", "val_loss", "val_ema_loss"],
+        "accuracy": ["val_top1", "val_top5", "val_ema_top1"],
+        "lr": ["lr"],
+    }
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -117,35 +139,51 @@ class ClassificationTask:
         config = self.config
         val_tf = self.preprocessing().transforms()
         if self.augments_by_batch():
-            self.batch_transform = BatchTrainTransform(config.input_size, config.scale_min, config.rotation,
-                                                       config.mean, config.std)
+            self.batch_transform = BatchTrainTransform(
+                config.input_size, config.scale_min, config.rotation, config.mean, config.std
+            )
             train_set, val_set = embedded_splits(None, val_tf, raw_train=True)
             val_set = Preloaded(val_set)  # evaluated every epoch with the same transform
         else:
             if config.pixel_augment_on_device:  # workers: uint8 crops; the device: the per-pixel rest, per image
                 train_tf = crop_transform(config.input_size, config.scale_min, config.hflip, config.rotation)
-                self.batch_transform = EachImage(pixel_transform(config.randaugment_magnitude, config.random_erasing,
-                                                                 config.mean, config.std))
+                self.batch_transform = EachImage(
+                    pixel_transform(config.randaugment_magnitude, config.random_erasing, config.mean, config.std)
+                )
             else:
-                train_tf = train_transform(config.input_size, config.scale_min, config.hflip,
-                                           config.randaugment_magnitude, config.random_erasing, config.mean,
-                                           config.std, config.rotation)
-            train_set, val_set = (embedded_splits(train_tf, val_tf) if config.data is None
-                                  else folder_splits(config.data, train_tf, val_tf, config.skip_corrupt))
+                train_tf = train_transform(
+                    config.input_size,
+                    config.scale_min,
+                    config.hflip,
+                    config.randaugment_magnitude,
+                    config.random_erasing,
+                    config.mean,
+                    config.std,
+                    config.rotation,
+                )
+            train_set, val_set = (
+                embedded_splits(train_tf, val_tf)
+                if config.data is None
+                else folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
+            )
         self.classes, self.sizes = train_set.classes, (len(train_set), len(val_set))
         self.mixing = batch_mixing(config.mixup, config.cutmix, len(self.classes))
         global_batch = config.batch_size * info.world_size
         if len(train_set) < global_batch:
-            raise DataError(f"the training set has {len(train_set)} images, fewer than one global batch of "
-                            f"{global_batch}; lower --batch-size")
-        return run_loaders(train_set, val_set, info, seed=config.seed, batch_size=config.batch_size,
-                           val_batch_size=config.batch_size, workers=config.workers,
-                           collate_fn=collate_skipping_none, repeats=config.repeated_aug)
+            raise DataError(
+                f"the training set has {len(train_set)} images, fewer than one global batch of "
+                f"{global_batch}; lower --batch-size"
+            )
+        return run_loaders(train_set, val_set, info, config, collate_skipping_none, repeats=config.repeated_aug)
 
     def build_model(self) -> CoaT:
         config = self.config
-        model = create_model(config.model, pretrained=config.pretrained, num_classes=len(self.classes),
-                             drop_path_rate=config.drop_path or 0.0)
+        model = create_model(
+            config.model,
+            pretrained=config.pretrained,
+            num_classes=len(self.classes),
+            drop_path_rate=config.drop_path or 0.0,
+        )
         model.preprocessing = self.preprocessing()  # saved with the checkpoints
         model.set_grad_checkpointing(config.grad_checkpointing)
         return model
@@ -153,25 +191,35 @@ class ClassificationTask:
     def preprocessing(self) -> Preprocessing:
         """The evaluation preprocessing of this run (the recipe's size, crop and normalisation)."""
         config = self.config
-        return Preprocessing(input_size=config.input_size, crop_pct=config.crop_pct, mean=tuple(config.mean),
-                             std=tuple(config.std))
+        return Preprocessing(
+            input_size=config.input_size, crop_pct=config.crop_pct, mean=tuple(config.mean), std=tuple(config.std)
+        )
 
     def peak_lr(self, world_size: int) -> float:
         config = self.config
         return config.lr if config.lr is not None else config.base_lr * config.batch_size * world_size / 512
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer, peak_lr: float,
-                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
         config = self.config
-        return warmup_cosine(optimizer, peak_lr, config.warmup_lr, config.min_lr,
-                             int(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch)
+        return warmup_cosine(
+            optimizer,
+            peak_lr,
+            config.warmup_lr,
+            config.min_lr,
+            int(config.warmup_epochs * steps_per_epoch),
+            config.epochs * steps_per_epoch,
+        )
 
     def skipped_in(self, batch: tuple[torch.Tensor, torch.Tensor, int]) -> int:
         return batch[2]
 
-    def batch_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, int], device: torch.device,
-                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
+    def batch_loss(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, int], runtime: Runtime
+    ) -> tuple[torch.Tensor, int]:
         images, targets, _ = batch
+        device = runtime.device
         if not len(targets):
             return torch.zeros((), device=device), 0
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -179,28 +227,30 @@ class ClassificationTask:
             images = self.batch_transform(images)  # uint8 [B, C, H, W] -> normalised float [B, 3, S, S]
         if self.mixing is not None:
             images, targets = self.mixing(images, targets)  # targets become soft [B, num_classes]
-        with autocast:
+        with runtime.autocast:
             loss = F.cross_entropy(model(images), targets, label_smoothing=self.config.label_smoothing)
         return loss, len(images)
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo,
-                 autocast: contextlib.AbstractContextManager) -> dict[str, Any]:
-        result = evaluate(model, loader, device, len(self.classes), info, autocast)
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, Any]:
+        result = evaluate(model, loader, runtime.device, len(self.classes), runtime.info, runtime.autocast)
         return {"loss": result.loss, "top1": result.top1, "top5": result.top5, "skipped": result.skipped}
 
     def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-        save_checkpoint(model, path, variant=self.config.model,
-                        metadata={"class_names": json.dumps(self.classes), **metadata})
+        save_checkpoint(
+            model, path, variant=self.config.model, metadata={"class_names": json.dumps(self.classes), **metadata}
+        )
 
-    def describe(self, info: DistInfo, device: torch.device, peak_lr: float) -> str:
-        config = self.config
+    def describe(self, runtime: Runtime, peak_lr: float) -> str:
+        config, info, device = self.config, runtime.info, runtime.device
         source = EMBEDDED_NAME if config.data is None else config.data
-        return (f"training {config.model} ({config.recipe} recipe) on {source}: {self.sizes[0]} train / "
-                f"{self.sizes[1]} val images, {len(self.classes)} classes, {info.world_size} process(es) on {device}, "
-                f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"
-                f"{', augmented by batch' if isinstance(self.batch_transform, BatchTrainTransform) else ''}"
-                f"{', pixel augmentation on the device' if isinstance(self.batch_transform, EachImage) else ''}"
-                f"{', bf16 autocast' if amp_enabled(device, config) else ''}")
+        return (
+            f"training {config.model} ({config.recipe} recipe) on {source}: {self.sizes[0]} train / "
+            f"{self.sizes[1]} val images, {len(self.classes)} classes, {info.world_size} process(es) on {device}, "
+            f"global batch {config.batch_size * info.world_size}, peak lr {peak_lr:.2e}"
+            f"{', augmented by batch' if isinstance(self.batch_transform, BatchTrainTransform) else ''}"
+            f"{', pixel augmentation on the device' if isinstance(self.batch_transform, EachImage) else ''}"
+            f"{', bf16 autocast' if amp_enabled(device, config) else ''}"
+        )
 
 
 def fit(config: TrainConfig) -> dict[str, Any]:

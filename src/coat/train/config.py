@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..models.config import VARIANTS
 from ..errors import UsageError
+from ..models.config import VARIANTS
 
 
 @dataclass
@@ -82,10 +82,27 @@ RECIPES: dict[str, dict[str, Any]] = {
     # by batch for in-memory data), short warm-up, no EMA; bf16 only on CPUs where it pays (AMX).
     # Tuned for `make demo` (BENCHMARKS.md, "The demo").
     "small": {
-        "epochs": 20, "batch_size": 128, "input_size": 32, "lr": 6e-3, "warmup_epochs": 1, "min_lr": 1e-5,
-        "weight_decay": 0.05, "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "randaugment_magnitude": 0,
-        "random_erasing": 0.0, "hflip": 0.0, "scale_min": 0.8, "rotation": 10.0, "repeated_aug": 1,
-        "ema_decay": 0.0, "drop_path": 0.1, "crop_pct": 1.0, "amp": None, "workers": 0,
+        "epochs": 20,
+        "batch_size": 128,
+        "input_size": 32,
+        "lr": 6e-3,
+        "warmup_epochs": 1,
+        "min_lr": 1e-5,
+        "weight_decay": 0.05,
+        "label_smoothing": 0.1,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "randaugment_magnitude": 0,
+        "random_erasing": 0.0,
+        "hflip": 0.0,
+        "scale_min": 0.8,
+        "rotation": 10.0,
+        "repeated_aug": 1,
+        "ema_decay": 0.0,
+        "drop_path": 0.1,
+        "crop_pct": 1.0,
+        "amp": None,
+        "workers": 0,
     },
 }
 
@@ -93,8 +110,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 _IMAGENET_VARIANT = {
     "coat_small": {"drop_path": 0.2, "warmup_epochs": 20, "clip_grad": 5.0},
     "coat_lite_medium": {"drop_path": 0.3, "warmup_epochs": 20, "clip_grad": 5.0},
-    "coat_lite_medium_384": {"drop_path": 0.3, "warmup_epochs": 20, "clip_grad": 5.0, "input_size": 384,
-                             "crop_pct": 1.0},
+    "coat_lite_medium_384": {
+        "drop_path": 0.3,
+        "warmup_epochs": 20,
+        "clip_grad": 5.0,
+        "input_size": 384,
+        "crop_pct": 1.0,
+    },
 }
 
 
@@ -152,10 +174,13 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
         if name in values:
             values[name] = tuple(values[name])
     config = TrainConfig(**values)
-    validate(config, [
-        (config.input_size >= 32, "--input-size must be at least 32 (CoaT's minimum)"),
-        (config.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
-    ])
+    validate(
+        config,
+        [
+            (config.input_size >= 32, "--input-size must be at least 32 (CoaT's minimum)"),
+            (config.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
+        ],
+    )
     return config
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
 from ..errors import UsageError
 
 
@@ -38,15 +39,18 @@ class DistInfo:
 
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     """``auto``: this process's GPU (one per process on a node, by ``local_rank``), else the CPU."""
-    device = torch.device("cuda" if requested == "auto" and torch.cuda.is_available() else
-                          "cpu" if requested == "auto" else requested)
+    device = torch.device(
+        "cuda" if requested == "auto" and torch.cuda.is_available() else "cpu" if requested == "auto" else requested
+    )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     if device.type == "cuda" and device.index is None:
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"process {local_rank} of this node has no GPU of its own: {torch.cuda.device_count()} "
-                             "CUDA GPU(s) are visible; start at most that many processes per node "
-                             "(torchrun --nproc-per-node) or pass --device cpu")
+            raise UsageError(
+                f"process {local_rank} of this node has no GPU of its own: {torch.cuda.device_count()} "
+                "CUDA GPU(s) are visible; start at most that many processes per node "
+                "(torchrun --nproc-per-node) or pass --device cpu"
+            )
         device = torch.device(f"cuda:{local_rank}")
     return device
 
@@ -108,7 +112,7 @@ class RepeatedAugSampler(Sampler[int]):
         order = order.repeat_interleave(self.repeats)  # [size * repeats]
         total = math.ceil(len(order) / self.info.world_size) * self.info.world_size
         order = torch.cat([order, order[: total - len(order)]])  # pad so every process gets as many
-        mine = order[self.info.rank::self.info.world_size]
+        mine = order[self.info.rank :: self.info.world_size]
         return iter(mine[: self.num_samples].tolist())
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import RunConfig
 from .distributed import DistInfo, RepeatedAugSampler, ShardSampler
 
 
@@ -54,19 +55,31 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
-def run_loaders(train_set: Dataset, val_set: Dataset, info: DistInfo, *, seed: int, batch_size: int,
-                val_batch_size: int, workers: int, collate_fn: Callable, repeats: int = 1
-                ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled, sharded training batches (each image ``repeats`` times an epoch) and sharded evaluation ones."""
+def run_loaders(
+    train_set: Dataset,
+    val_set: Dataset,
+    info: DistInfo,
+    config: RunConfig,
+    collate_fn: Callable,
+    repeats: int = 1,
+    val_batch_size: int | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled, sharded training batches (each image ``repeats`` times an epoch) and sharded evaluation ones
+    (``val_batch_size`` per batch; default: the training batch), with the run's seed, batch size and workers."""
+    seed, batch_size, workers = config.seed, config.batch_size, config.workers
     common: dict[str, Any] = {
-        "num_workers": workers, "collate_fn": collate_fn, "pin_memory": torch.cuda.is_available(),
+        "num_workers": workers,
+        "collate_fn": collate_fn,
+        "pin_memory": torch.cuda.is_available(),
         "persistent_workers": workers > 0,
         # The workers' base seed comes from here, not from the main process's RNG, so the main process draws
         # the same numbers (mixing, drop path) whether its workers are new or persistent.
         "generator": torch.Generator().manual_seed(seed),
     }
     sampler = SeededSampler(RepeatedAugSampler(len(train_set), info, repeats, shuffle=True, seed=seed))
-    train_loader = DataLoader(SeededDataset(train_set), batch_size=batch_size, sampler=sampler, drop_last=True,
-                              **common)
-    val_loader = DataLoader(val_set, batch_size=val_batch_size, sampler=ShardSampler(len(val_set), info), **common)
+    train_loader = DataLoader(
+        SeededDataset(train_set), batch_size=batch_size, sampler=sampler, drop_last=True, **common
+    )
+    val_sampler = ShardSampler(len(val_set), info)
+    val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, sampler=val_sampler, **common)
     return train_loader, val_loader

@@ -31,20 +31,29 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_state_into
 from ..data.datasets import DataError
+from ..errors import CoatError
+from ..files import write_json, write_text
 from .config import RunConfig, to_yaml
 from .distributed import DistInfo, barrier, gather_objects, init_distributed, pick_device
 from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
 from .state import Progress, TrainingState, load_training_state, restore_rng, rng_state, save_training_state
-from ..errors import CoatError
-from ..files import write_json, write_text
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.safetensors", "summary.json", "plots", "tensorboard")
 
 
 class TrainingError(CoatError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what was kept."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run computes: its device, its place among the processes, and the autocast its forwards run in."""
+
+    device: torch.device
+    info: DistInfo
+    autocast: contextlib.AbstractContextManager
 
 
 class Task(Protocol):
@@ -60,22 +69,21 @@ class Task(Protocol):
 
     def peak_lr(self, world_size: int) -> float: ...
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer, peak_lr: float,
-                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler: ...
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
+    ) -> torch.optim.lr_scheduler.LRScheduler: ...
 
-    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device,
-                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, int]:
+    def batch_loss(self, model: nn.Module, batch: Any, runtime: Runtime) -> tuple[torch.Tensor, int]:
         """The loss of one batch (forward only) and how many samples it held (0: nothing readable)."""
 
     def skipped_in(self, batch: Any) -> int: ...
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, info: DistInfo,
-                 autocast: contextlib.AbstractContextManager) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, Any]:
         """Metrics over ``loader`` (summed over processes); must hold ``score``; may hold ``skipped``."""
 
     def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None: ...
 
-    def describe(self, info: DistInfo, device: torch.device, peak_lr: float) -> str: ...
+    def describe(self, runtime: Runtime, peak_lr: float) -> str: ...
 
 
 # ---------------------------------------------------------------------------- steps
@@ -95,14 +103,20 @@ def autocast_context(device: torch.device, config: RunConfig) -> contextlib.Abst
 
 
 def amp_dtype(device: torch.device, config: RunConfig) -> torch.dtype:
-    if config.amp_dtype == "fp16" or (config.amp_dtype == "auto" and device.type == "cuda"
-                                      and not torch.cuda.is_bf16_supported()):
+    if config.amp_dtype == "fp16" or (
+        config.amp_dtype == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    ):
         return torch.float16
     return torch.bfloat16
 
 
-def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor],
-                      scaler: torch.amp.GradScaler | None = None, clip_grad: float = 0.0) -> None:
+def backward_and_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    parameters: Iterable[torch.Tensor],
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float = 0.0,
+) -> None:
     """Backward through ``loss``, clip, step (with fp16 loss scaling when ``scaler`` is given)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -125,8 +139,10 @@ def prepare_output(config: RunConfig, info: DistInfo) -> Path:
     output = Path(config.output)
     existing = [name for name in RUN_FILES if (output / name).exists()]
     if existing and config.resume is None and not config.overwrite:
-        raise DataError(f"{output} already holds a run ({', '.join(existing[:3])}); pass --resume auto to continue "
-                        "it, --overwrite to replace it, or choose another --output")
+        raise DataError(
+            f"{output} already holds a run ({', '.join(existing[:3])}); pass --resume auto to continue "
+            "it, --overwrite to replace it, or choose another --output"
+        )
     if info.is_main:
         if existing and config.overwrite and config.resume is None:
             for name in existing:
@@ -149,7 +165,6 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: AveragedModel | None
     scaler: torch.amp.GradScaler | None
-    autocast: contextlib.AbstractContextManager
 
 
 def run(task: Task) -> dict[str, Any]:
@@ -163,6 +178,7 @@ def run(task: Task) -> dict[str, Any]:
     config = task.config
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
+    runtime = Runtime(device, info, autocast_context(device, config))
     output = prepare_output(config, info)
     resume_path = _resume_path(config, output)
     random.seed(config.seed + info.rank)
@@ -181,22 +197,32 @@ def run(task: Task) -> dict[str, Any]:
             write_text(output / "config.yaml", to_yaml(config))
     _wrap_for_running(training, config, info)
     if info.is_main:
-        tqdm.write(task.describe(info, device, peak_lr))
+        tqdm.write(task.describe(runtime, peak_lr))
 
     for epoch in range(progress.epoch, config.epochs):
         train_loader.sampler.set_epoch(epoch)
-        reading, seconds, skipped = _train_epoch(task, training, train_loader, epoch, device, info, log, output)
-        record, best = _evaluate_epoch(task, training, val_loader, device, info)
-        record = {"epoch": epoch + 1, "train_loss": reading.mean_loss, **record,
-                  "lr": training.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-                  "images_per_second": reading.samples / seconds}
+        reading, seconds, skipped = _train_epoch(task, training, train_loader, epoch, runtime, log, output)
+        record, best = _evaluate_epoch(task, training, val_loader, runtime)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": reading.mean_loss,
+            **record,
+            "lr": training.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_second": reading.samples / seconds,
+        }
         skipped += record.pop("skipped", 0)
         if skipped:
             record["skipped_images"] = skipped
         log.epoch(record)
         improved = best[0] > progress.best_score
-        progress = Progress(epoch + 1, max(progress.best_score, best[0]), progress.seconds_training + seconds,
-                            progress.images_trained + reading.samples, log.history)
+        progress = Progress(
+            epoch + 1,
+            max(progress.best_score, best[0]),
+            progress.seconds_training + seconds,
+            progress.images_trained + reading.samples,
+            log.history,
+        )
         _end_epoch(task, training, progress, best if improved else None, output, info)
         if info.is_main:
             tqdm.write(_epoch_line(record, config.epochs, task.plot_panels) + ("  (best)" if improved else ""))
@@ -214,20 +240,31 @@ def _build(task: Task, device: torch.device, peak_lr: float, steps_per_epoch: in
     model = task.build_model().to(device)
     optimizer = build_optimizer(model, peak_lr, config.weight_decay)
     scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-           if config.ema_decay > 0 else None)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        if config.ema_decay > 0
+        else None
+    )
     use_scaler = amp_enabled(device, config) and device.type == "cuda" and amp_dtype(device, config) == torch.float16
     eval_models = {"": model} if ema is None else {"": model, "ema_": ema.module}
-    return Training(model, model, eval_models, optimizer, scheduler, ema,
-                    torch.amp.GradScaler("cuda") if use_scaler else None, autocast_context(device, config))
+    return Training(
+        model,
+        model,
+        eval_models,
+        optimizer,
+        scheduler,
+        ema,
+        torch.amp.GradScaler("cuda") if use_scaler else None,
+    )
 
 
 def _resume(training: Training, path: Path, model_name: str, info: DistInfo) -> Progress:
     """Load ``last.pt`` into ``training`` and this rank's RNG; returns the progress it holds."""
     state = load_training_state(path)
     if state.model_name != model_name:
-        raise CheckpointError(f"{path} is a checkpoint of {state.model_name}, not {model_name}; "
-                              "pass the same --model or another --output")
+        raise CheckpointError(
+            f"{path} is a checkpoint of {state.model_name}, not {model_name}; pass the same --model or another --output"
+        )
     load_state_into(training.model, state.model, source=str(path))
     training.optimizer.load_state_dict(state.optimizer)
     training.scheduler.load_state_dict(state.scheduler)
@@ -250,19 +287,27 @@ def _wrap_for_running(training: Training, config: RunConfig, info: DistInfo) -> 
         training.eval_models = {prefix: torch.compile(m) for prefix, m in training.eval_models.items()}
 
 
-def _train_epoch(task: Task, training: Training, loader: DataLoader, epoch: int, device: torch.device,
-                 info: DistInfo, log: RunLog, output: Path) -> tuple[LossReading, float, int]:
+def _train_epoch(
+    task: Task,
+    training: Training,
+    loader: DataLoader,
+    epoch: int,
+    runtime: Runtime,
+    log: RunLog,
+    output: Path,
+) -> tuple[LossReading, float, int]:
     """One pass over ``loader``: (the loss reading over all processes, seconds, batches' skipped images)."""
-    config = task.config
+    config, info = task.config, runtime.info
     training.model.train()
     trainable = [p for p in training.model.parameters() if p.requires_grad]
-    losses, skipped, steps = LossMonitor(device), 0, len(loader)
+    losses, skipped, steps = LossMonitor(runtime.device), 0, len(loader)
     started = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main,
-               dynamic_ncols=True)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main, dynamic_ncols=True
+    )
     for step, batch in enumerate(bar):
         skipped += task.skipped_in(batch)
-        loss, count = task.batch_loss(training.train_model, batch, device, training.autocast)
+        loss, count = task.batch_loss(training.train_model, batch, runtime)
         if count > 0:
             backward_and_step(loss, training.optimizer, trainable, training.scaler, config.clip_grad)
             training.scheduler.step()
@@ -280,14 +325,15 @@ def _train_epoch(task: Task, training: Training, loader: DataLoader, epoch: int,
     return reading, time.perf_counter() - started, skipped  # reading: taken at the epoch's last step
 
 
-def _evaluate_epoch(task: Task, training: Training, loader: DataLoader, device: torch.device,
-                    info: DistInfo) -> tuple[dict[str, Any], tuple[float, nn.Module]]:
+def _evaluate_epoch(
+    task: Task, training: Training, loader: DataLoader, runtime: Runtime
+) -> tuple[dict[str, Any], tuple[float, nn.Module]]:
     """The validation metrics of the model and its EMA (``val_*``, ``val_ema_*``; ``skipped`` from the model's
     pass) and the better of the two: (its score, the model to save)."""
     record: dict[str, Any] = {}
     candidates = []
     for prefix, model in training.eval_models.items():
-        metrics = task.evaluate(model, loader, device, info, training.autocast)  # a collective
+        metrics = task.evaluate(model, loader, runtime)  # a collective
         skipped = metrics.pop("skipped", 0)
         if not prefix:
             record["skipped"] = skipped
@@ -296,21 +342,36 @@ def _evaluate_epoch(task: Task, training: Training, loader: DataLoader, device: 
     return record, max(candidates, key=lambda c: c[0])
 
 
-def _end_epoch(task: Task, training: Training, progress: Progress, improved: tuple[float, nn.Module] | None,
-               output: Path, info: DistInfo) -> None:
+def _end_epoch(
+    task: Task,
+    training: Training,
+    progress: Progress,
+    improved: tuple[float, nn.Module] | None,
+    output: Path,
+    info: DistInfo,
+) -> None:
     """The epoch's collectives (every rank) and its files (rank 0): best.safetensors if the score improved,
     then last.pt with every rank's RNG states."""
     rng_states = gather_objects(rng_state(), info)  # collective
     if info.is_main:
         if improved is not None:
             score, best_model = improved
-            task.save_best(best_model, output / "best.safetensors",
-                           {"epoch": str(progress.epoch), task.score: f"{score:.4f}"})
-        save_training_state(output / "last.pt", TrainingState(
-            model_name=task.config.model, progress=progress, model=training.model.state_dict(),
-            optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
-            ema=training.ema.state_dict() if training.ema is not None else None,
-            scaler=training.scaler.state_dict() if training.scaler is not None else None, rng=rng_states))
+            task.save_best(
+                best_model, output / "best.safetensors", {"epoch": str(progress.epoch), task.score: f"{score:.4f}"}
+            )
+        save_training_state(
+            output / "last.pt",
+            TrainingState(
+                model_name=task.config.model,
+                progress=progress,
+                model=training.model.state_dict(),
+                optimizer=training.optimizer.state_dict(),
+                scheduler=training.scheduler.state_dict(),
+                ema=training.ema.state_dict() if training.ema is not None else None,
+                scaler=training.scaler.state_dict() if training.scaler is not None else None,
+                rng=rng_states,
+            ),
+        )
     barrier(info)  # collective: no rank starts the next epoch before last.pt is written
 
 
@@ -319,35 +380,53 @@ def _summary(task: Task, progress: Progress, info: DistInfo, device: torch.devic
     config = task.config
     final = progress.history[-1] if progress.history else {}
     return {
-        "model": config.model, "recipe": config.recipe, "epochs": config.epochs,
+        "model": config.model,
+        "recipe": config.recipe,
+        "epochs": config.epochs,
         f"best_{task.score}": progress.best_score,
-        **{f"final_{k[len('val_'):]}": v for k, v in final.items() if k.startswith("val_")},
-        "images_per_second": (progress.images_trained / progress.seconds_training
-                              if progress.seconds_training else None),
-        "training_seconds": progress.seconds_training, "world_size": info.world_size, "device": str(device),
-        "checkpoint": str(output / "best.safetensors"), "last_checkpoint": str(output / "last.pt"),
-        "plots": str(output / "plots"), "metrics": str(output / "metrics.jsonl"),
+        **{f"final_{k[len('val_') :]}": v for k, v in final.items() if k.startswith("val_")},
+        "images_per_second": (
+            progress.images_trained / progress.seconds_training if progress.seconds_training else None
+        ),
+        "training_seconds": progress.seconds_training,
+        "world_size": info.world_size,
+        "device": str(device),
+        "checkpoint": str(output / "best.safetensors"),
+        "last_checkpoint": str(output / "last.pt"),
+        "plots": str(output / "plots"),
+        "metrics": str(output / "metrics.jsonl"),
     }
 
 
 def _checked(reading: LossReading, epoch: int, step: int, output: Path) -> LossReading:
     """``reading``, or TrainingError if a loss was not finite (every process raises at the same step)."""
     if reading.non_finite:
-        kept = f"the last good checkpoint is {output / 'last.pt'}" if (output / "last.pt").exists() \
+        kept = (
+            f"the last good checkpoint is {output / 'last.pt'}"
+            if (output / "last.pt").exists()
             else "no checkpoint was written yet"
-        raise TrainingError(f"the loss was not finite in {reading.non_finite} step(s) (over all processes) of epoch "
-                            f"{epoch + 1} up to step {step + 1}; every process stopped, {kept}; lower --lr or set "
-                            "--clip-grad")
+        )
+        raise TrainingError(
+            f"the loss was not finite in {reading.non_finite} step(s) (over all processes) of epoch "
+            f"{epoch + 1} up to step {step + 1}; every process stopped, {kept}; lower --lr or set "
+            "--clip-grad"
+        )
     return reading
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, plot_panels: dict[str, list[str]]) -> str:
     """``epoch   3/10  train_loss 0.4120  val_loss 0.3011  val_top1  97.30 ...``: the plotted metrics."""
     plotted = {key for name, keys in plot_panels.items() if name != "lr" for key in keys}
-    shown = [f"{k} {v:.4f}" if "loss" in k else f"{k} {v:6.2f}" for k, v in record.items()
-             if k in plotted and isinstance(v, float)]
-    return (f"epoch {record['epoch']:>3}/{epochs}  " + "  ".join(shown)
-            + f"  lr {record['lr']:.2e}  {record['images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f}s")
+    shown = [
+        f"{k} {v:.4f}" if "loss" in k else f"{k} {v:6.2f}"
+        for k, v in record.items()
+        if k in plotted and isinstance(v, float)
+    ]
+    return (
+        f"epoch {record['epoch']:>3}/{epochs}  "
+        + "  ".join(shown)
+        + f"  lr {record['lr']:.2e}  {record['images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f}s"
+    )
 
 
 def _resume_path(config: RunConfig, output: Path) -> Path | None:

@@ -31,8 +31,14 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW(groups, lr=lr, fused=True if on_cpu else None)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_lr: float, min_lr: float,
-                  warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    peak_lr: float,
+    warmup_lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from ``warmup_lr`` to ``peak_lr``, then cosine down to ``min_lr``, stepped per batch."""
 
     def factor(step: int) -> float:
@@ -46,8 +52,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_lr: f
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def warmup_multistep(optimizer: torch.optim.Optimizer, warmup_steps: int, warmup_factor: float,
-                     milestones: list[int], gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_multistep(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, warmup_factor: float, milestones: list[int], gamma: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The detection schedule: linear warm-up from ``warmup_factor`` x lr, then x ``gamma`` at each milestone step."""
 
     def factor(step: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class RunLog:
             ax.grid(alpha=0.3)
             ax.legend()
             fig.tight_layout()
-            atomic_write(plots / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+            atomic_write(plots / f"{name}.png", partial(fig.savefig, dpi=100, format="png"))
             plt.close(fig)
 
     def close(self) -> None:

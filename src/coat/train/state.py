@@ -66,19 +66,30 @@ def load_training_state(path: Path) -> TrainingState:
     try:
         flat = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or pickled-code files all end here
-        raise CheckpointError(f"cannot resume from {path}: not a readable training checkpoint "
-                              f"({type(err).__name__}); start a new run or point --resume at a last.pt") from None
+        raise CheckpointError(
+            f"cannot resume from {path}: not a readable training checkpoint "
+            f"({type(err).__name__}); start a new run or point --resume at a last.pt"
+        ) from None
     required = {"model", "optimizer", "scheduler", "epoch", "model_name", "rng"}
     if not isinstance(flat, dict) or not required <= flat.keys():
         raise CheckpointError(f"cannot resume from {path}: it is not a `coat train` checkpoint")
     if flat.get("format_version", 1) > STATE_FORMAT_VERSION:
-        raise CheckpointError(f"cannot resume from {path}: it was written by a newer coat (format "
-                              f"{flat['format_version']}); upgrade coat-pytorch")
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written by a newer coat (format "
+            f"{flat['format_version']}); upgrade coat-pytorch"
+        )
     defaults = Progress()
     progress = Progress(**{f.name: flat.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(Progress)})
-    return TrainingState(model_name=flat["model_name"], progress=progress, model=flat["model"],
-                         optimizer=flat["optimizer"], scheduler=flat["scheduler"], ema=flat.get("ema"),
-                         scaler=flat.get("scaler"), rng=flat["rng"])
+    return TrainingState(
+        model_name=flat["model_name"],
+        progress=progress,
+        model=flat["model"],
+        optimizer=flat["optimizer"],
+        scheduler=flat["scheduler"],
+        ema=flat.get("ema"),
+        scaler=flat.get("scaler"),
+        rng=flat["rng"],
+    )
 
 
 def rng_state() -> dict[str, Any]:
