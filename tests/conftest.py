@@ -93,3 +93,8 @@ def group_umask():
 def file_modes(folder: Path) -> dict[str, int]:
     """``{relative path: permission bits}`` of every file under ``folder``."""
     return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+
+
+def torchrun_two_processes(port: int) -> list[str]:
+    """The command line that starts what follows it in two processes under torchrun, rendezvous on ``port``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 from coat.cli import main
 from coat.detection.shapes import make_split
 from coat.detection.weights import load_detector
+from conftest import torchrun_two_processes
 
 TINY = [
     "--recipe",
@@ -214,13 +214,7 @@ def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29519",
+            *torchrun_two_processes(29519),
             "-m",
             "coat.cli",
             "detect",

@@ -16,7 +16,7 @@ import coat
 from coat.cli import main
 from coat.train.classify import train_step
 from coat.train.optim import build_optimizer
-from conftest import file_modes
+from conftest import file_modes, torchrun_two_processes
 from ddp_reference import make_batch, make_model
 
 TINY = [
@@ -130,13 +130,7 @@ def test_ddp_step_equals_single_process_double_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29517",
+            *torchrun_two_processes(29517),
             str(Path(__file__).parent / "ddp_step_worker.py"),
             str(out),
             "4",
@@ -185,13 +179,7 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(image_folder, tmp_
     ]  # Gloo on CPUs, also where one GPU could not serve both processes
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29518",
+            *torchrun_two_processes(29518),
             str(Path(__file__).parent / "ddp_nonfinite_worker.py"),
             "train",
             *args,
@@ -389,13 +377,7 @@ def test_coat_train_under_torchrun_two_processes(image_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29518",
+            *torchrun_two_processes(29518),
             "-m",
             "coat.cli",
             "train",
