@@ -79,7 +79,7 @@ class CoaT(nn.Module):
         self.num_features = dims[-1]
         self.head = self._make_head(config.num_classes)
         save_shared_once(self)  # each scale's CPE / CRPE under its stage's name only
-        self.apply(_init_weights)
+        self.apply(init_weights)
         for stage in self.stages:
             nn.init.trunc_normal_(stage.cls_token, std=0.02)
 
@@ -264,7 +264,7 @@ class CoaT(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` (0 removes it)."""
         self.head = self._make_head(num_classes)
-        self.head.apply(_init_weights)
+        self.head.apply(init_weights)
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -309,7 +309,8 @@ def _check_input(x: torch.Tensor, in_chans: int) -> None:
         )
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """CoaT's initialisation of a module: truncated-normal (0.02) linear weights, zero biases, unit norms."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
