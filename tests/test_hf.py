@@ -101,3 +101,23 @@ def test_without_the_extra_importing_coat_hf_names_the_install():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "MissingExtraError" in result.stderr
     assert "pip install 'coat-pytorch[hf]'" in result.stderr
+
+
+def test_deformable_detr_coat_has_the_authors_settings_and_loss():
+    from coat.detection.deformable_detr import AUTHORS_SETTINGS, authors_loss, deformable_detr_coat
+
+    torch.manual_seed(0)
+    small = {"encoder_layers": 1, "decoder_layers": 2, "d_model": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
+    detector = deformable_detr_coat("coat_lite_tiny", num_classes=3, num_queries=10, **small)
+    config = detector.config
+    assert config.backbone_config.out_features == ["stage2", "stage3", "stage4"] and config.num_feature_levels == 4
+    assert config.auxiliary_loss and not config.with_box_refine and not config.two_stage
+    assert (config.class_cost, config.bbox_cost, config.giou_cost) == (2, 5, 2)
+    assert AUTHORS_SETTINGS["num_queries"] == 300 and AUTHORS_SETTINGS["decoder_layers"] == 6
+    labels = [
+        {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.4, 0.1, 0.1]])}
+    ]
+    out = detector(pixel_values=torch.randn(1, 3, 96, 128), labels=labels)
+    classification = sum(v for k, v in out.loss_dict.items() if k.startswith("loss_ce"))  # last and auxiliary layer
+    assert len([k for k in out.loss_dict if k.startswith("loss_ce")]) == 2
+    assert torch.allclose(authors_loss(out.loss_dict, config), out.loss + classification)  # weight 2, not 1
