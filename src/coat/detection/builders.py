@@ -1,4 +1,5 @@
-"""Mask R-CNN / Faster R-CNN with a CoaT + FPN backbone and the authors' detection defaults.
+"""Mask R-CNN / Faster R-CNN with a CoaT + FPN backbone and the authors' detection defaults, and the detectors
+``coat detect`` trains (``DETECTORS``).
 
 Defaults follow the authors' Mask R-CNN setup: multi-scale training with the short side in
 480-800 (max side 1333; torchvision picks one per image in training, tests at 800) and drop-path
@@ -9,8 +10,11 @@ per variant. Their optimiser settings for a training loop: AdamW lr 1e-4, weight
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from .backbone import coat_fpn_backbone
@@ -19,6 +23,8 @@ from .backbone import coat_fpn_backbone
 DETECTION_DROP_PATH = {"coat_lite_mini": 0.1, "coat_lite_small": 0.2, "coat_mini": 0.1, "coat_small": 0.2}
 TRAIN_SHORT_SIDES = tuple(range(480, 801, 32))  # multi-scale training
 MAX_SIDE = 1333
+# Deformable DETR's sampling offsets and reference points, trained at a tenth of the lr by the authors.
+SAMPLING_PARAMETERS = r"\.(sampling_offsets|reference_points)\."
 
 
 def rcnn_coat(
@@ -56,4 +62,28 @@ def fasterrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> Fast
     return rcnn_coat(FasterRCNN, variant, num_classes, **options)
 
 
-DETECTORS = {"maskrcnn": maskrcnn_coat, "fasterrcnn": fasterrcnn_coat}
+def deformable_detr_detector(variant: str, num_classes: int, **options: Any) -> nn.Module:
+    """Deformable DETR on CoaT behind torchvision's detector interface (``num_classes`` counts the background, as
+    for the R-CNNs); ``options`` as ``coat.detection.deformable_detr.DeformableDetrDetector.build``'s. Needs the
+    ``hf`` extra."""
+    from .deformable_detr import DeformableDetrDetector
+
+    return DeformableDetrDetector.build(variant, num_classes, **options)
+
+
+@dataclass(frozen=True)
+class DetectorKind:
+    """A detector ``coat detect`` trains: its builder ``(variant, num_classes counting the background, **options)``
+    with torchvision's interface (``model(images, targets)`` -> losses, ``model(images)`` -> detections), whether it
+    predicts masks, and its family ("rcnn" or "detr": which recipe values and options apply)."""
+
+    build: Callable[..., nn.Module]
+    masks: bool
+    family: str
+
+
+DETECTORS = {
+    "maskrcnn": DetectorKind(maskrcnn_coat, masks=True, family="rcnn"),
+    "fasterrcnn": DetectorKind(fasterrcnn_coat, masks=False, family="rcnn"),
+    "deformable-detr": DetectorKind(deformable_detr_detector, masks=False, family="detr"),
+}

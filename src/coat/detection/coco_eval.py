@@ -8,6 +8,7 @@ scale); a size range without ground truth gives ``None`` (pycocotools' -1).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from typing import Any
 
@@ -84,7 +85,8 @@ def coco_metrics(ground_truth: COCO, results: list[dict], image_ids: list[int], 
             metrics.update({f"{prefix}_{name}": 0.0 for name in AP_NAMES})
             continue
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
-            evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), iou_type)
+            # loadRes writes into the entries it gets (area, id, a box polygon as segmentation): give it copies
+            evaluator = COCOeval(ground_truth, ground_truth.loadRes(copy.deepcopy(results)), iou_type)
             evaluator.params.imgIds = sorted(set(image_ids))
             evaluator.evaluate()
             evaluator.accumulate()

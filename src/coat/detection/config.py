@@ -1,8 +1,13 @@
 """``coat detect train`` options: the shared run options plus COCO paths, the detector and its schedule.
 
-Recipes: ``coco`` is the authors' Mask R-CNN 1x (AdamW lr 1e-4, weight decay 0.05, 12 epochs with
-lr x0.1 after epochs 8 and 11, 500-iteration linear warm-up, short side 480-800 / max 1333, flip,
-total batch 16); ``shapes`` fits the generated shapes set (``coat detect make-shapes``) on a CPU.
+Recipes, each with values per detector family (``DETECTORS[...].family``):
+- ``coco``: the authors' COCO recipes. R-CNNs: their Mask R-CNN 1x (AdamW lr 1e-4, weight decay 0.05, 12 epochs
+  with lr x0.1 after epochs 8 and 11, 500-iteration linear warm-up, short side 480-800 / max 1333, flip, total
+  batch 16). Deformable DETR: AdamW lr 2e-4 (CoaT's parameters and the sampling offsets / reference points
+  x0.1), weight decay 1e-4, 50 epochs with lr x0.1 after 40, no warm-up, gradient clipping 0.1, total batch
+  16, DETR's augmentation (flip; short side 480-800 / max 1333, before which half of the images are resized
+  to a short side of 400/500/600 and cropped to a random 384-600 square-ish window).
+- ``shapes``: the generated shapes set (``coat detect make-shapes``) on a CPU, from scratch.
 Precedence as for ``coat train``: defaults < recipe < ``--config`` YAML < flags.
 """
 
@@ -11,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
+from ..extras import require
 from ..train.config import RunConfig, check_model, check_recipe, given_options, validate
 from .builders import DETECTION_DROP_PATH, DETECTORS, MAX_SIDE, TRAIN_SHORT_SIDES
 
@@ -35,27 +42,63 @@ class DetectConfig(RunConfig):
     hflip: float = 0.5
     box_batch_size_per_image: int = 512  # sampled RoIs per image for the box/mask heads in training
     rpn_post_nms_top_n_train: int = 2000  # proposals kept per image in training
-    frozen_stages: int = 0
-    frozen_norms: bool = False
+    frozen_stages: int = 0  # R-CNNs
+    frozen_norms: bool = False  # R-CNNs
+    backbone_lr_scale: float = 1.0  # lr multiplier of CoaT's parameters
+    sampling_lr_scale: float = 1.0  # lr multiplier of Deformable DETR's sampling offsets and reference points
+    random_crop: float = 0.0  # probability of DETR's resize-and-crop augmentation
+    num_queries: int = 300  # Deformable DETR's object queries
+    transformer_layers: int = 6  # Deformable DETR's encoder layers and decoder layers (each)
     workers: int = 4
 
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "coco": {},
-    # Images of 128-160 px with 1-4 large shapes, from scratch: about 40 minutes on 2 CPU cores for 300 images.
+# Options that only one family of detectors takes; given for the other, they are refused.
+FAMILY_OPTIONS = {
+    "rcnn": ("box_batch_size_per_image", "rpn_post_nms_top_n_train", "frozen_stages", "frozen_norms"),
+    "detr": ("sampling_lr_scale", "random_crop", "num_queries", "transformer_layers"),
+}
+_SHAPES_DATA = {"min_sizes": (128, 144, 160), "max_size": 256, "amp": False, "workers": 0, "drop_path": 0.0}
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "coco": {
+        "rcnn": {},
+        "detr": {
+            "epochs": 50,
+            "lr": 2e-4,
+            "lr_steps": (40,),
+            "warmup_iters": 0,
+            "weight_decay": 1e-4,
+            "clip_grad": 0.1,
+            "backbone_lr_scale": 0.1,
+            "sampling_lr_scale": 0.1,
+            "random_crop": 0.5,
+        },
+    },
+    # Images of 128-160 px with 1-4 large shapes, from scratch. R-CNNs: about 40 minutes on 2 CPU cores for 300
+    # images.
     "shapes": {
-        "epochs": 5,
-        "batch_size": 4,
-        "lr": 3e-4,
-        "lr_steps": (4,),
-        "warmup_iters": 50,
-        "min_sizes": (128, 144, 160),
-        "max_size": 256,
-        "box_batch_size_per_image": 128,
-        "rpn_post_nms_top_n_train": 500,
-        "amp": False,
-        "workers": 0,
-        "drop_path": 0.0,
+        "rcnn": {
+            **_SHAPES_DATA,
+            "epochs": 5,
+            "batch_size": 4,
+            "lr": 3e-4,
+            "lr_steps": (4,),
+            "warmup_iters": 50,
+            "box_batch_size_per_image": 128,
+            "rpn_post_nms_top_n_train": 500,
+        },
+        "detr": {
+            **_SHAPES_DATA,
+            "epochs": 20,
+            "batch_size": 4,
+            "lr": 2e-4,
+            "lr_steps": (16,),
+            "warmup_iters": 0,
+            "weight_decay": 1e-4,
+            "clip_grad": 0.1,
+            "sampling_lr_scale": 0.1,
+            "num_queries": 30,
+            "transformer_layers": 3,
+        },
     },
 }
 
@@ -66,9 +109,24 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
     recipe = given.get("recipe", DetectConfig.recipe)
     check_recipe(recipe, RECIPES)
     model = check_model(given, DetectConfig.model)
+    detector = given.get("detector", DetectConfig.detector)
+    if detector not in DETECTORS:
+        raise UsageError(f"--detector must be one of {', '.join(DETECTORS)}")
+    family = DETECTORS[detector].family
+    if family == "detr":
+        require("hf")  # transformers' Deformable DETR: say so before any data is read
+    foreign = [
+        f"--{name.replace('_', '-')}"
+        for other, names in FAMILY_OPTIONS.items()
+        if other != family
+        for name in names
+        if name in given
+    ]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} do(es) not apply to --detector {detector}; leave it out")
     values: dict[str, Any] = {
         "drop_path": DETECTION_DROP_PATH.get(model, 0.1),
-        **RECIPES[recipe],
+        **RECIPES[recipe][family],
         **given,
         "recipe": recipe,
     }
@@ -88,10 +146,16 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
                 f"{', '.join(missing)} required (COCO-format data; `coat detect make-shapes DIR` writes a "
                 "small set and prints the command)",
             ),
-            (config.detector in DETECTORS, f"--detector must be one of {', '.join(DETECTORS)}"),
             (bool(config.min_sizes) and min(config.min_sizes) >= 32, "--min-sizes must be short sides of at least 32"),
             (config.lr is not None and config.lr > 0, "--lr must be positive"),
             (0 <= config.frozen_stages <= 4, "--frozen-stages must be in 0..4"),
+            (config.backbone_lr_scale >= 0 and config.sampling_lr_scale >= 0, "lr scales must be 0 or more"),
+            (0 <= config.random_crop <= 1, "--random-crop must be in [0, 1]"),
+            (
+                config.num_queries > 0 and config.transformer_layers >= 2,
+                "--num-queries must be positive and "
+                "--transformer-layers at least 2 (transformers' Deformable DETR needs 2 decoder layers)",
+            ),
         ],
     )
     return config

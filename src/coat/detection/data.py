@@ -198,14 +198,44 @@ def annotation_mask(segmentation: list | dict, height: int, width: int) -> torch
     return torch.from_numpy(coco_mask.decode(rle))
 
 
-def detection_transform(hflip: float) -> v2.Compose:
-    """PIL image + target -> float image in 0..1; boxes and masks flipped with the image.
+DETR_CROP_SHORT_SIDES = [400, 500, 600]  # DETR's resize before its random crop
+DETR_CROP_SIDES = (384, 600)  # the crop's height and width are drawn from this range
 
-    Resizing (multi-scale in training) and normalisation happen inside torchvision's detector.
+
+class RandomSizeCrop(v2.Transform):
+    """A crop whose height and width are each drawn from ``[min_side, max_side]`` (at most the image's), at a
+    random place; boxes and masks are cropped with the image (``SanitizeBoundingBoxes`` then drops the emptied)."""
+
+    def __init__(self, min_side: int, max_side: int) -> None:
+        super().__init__()
+        self.min_side, self.max_side = min_side, max_side
+
+    def _draw(self, length: int) -> tuple[int, int]:
+        """(start, size) of a random window along a side of ``length`` pixels."""
+        size = int(torch.randint(min(self.min_side, length), min(self.max_side, length) + 1, ()))
+        return int(torch.randint(0, length - size + 1, ())), size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, int]:
+        height, width = v2.query_size(flat_inputs)
+        (top, crop_height), (left, crop_width) = self._draw(height), self._draw(width)
+        return {"top": top, "left": left, "height": crop_height, "width": crop_width}
+
+    def transform(self, inpt: Any, params: dict[str, int]) -> Any:
+        return v2.functional.crop(inpt, **params)
+
+
+def detection_transform(hflip: float, random_crop: float = 0.0) -> v2.Compose:
+    """PIL image + target -> float image in 0..1; boxes and masks flipped (and cropped) with the image.
+
+    ``random_crop``: the probability of DETR's resize-and-crop (short side to 400, 500 or 600, then a crop of
+    384-600 pixels a side). Resizing to the training sizes and normalisation happen inside the detector.
     """
     steps: list[Callable] = [v2.ToImage()]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
+    if random_crop > 0:
+        crop = [v2.RandomShortestSize(DETR_CROP_SHORT_SIDES), RandomSizeCrop(*DETR_CROP_SIDES)]
+        steps += [v2.RandomApply(crop, p=random_crop), v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE)]
     steps.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(steps)
 

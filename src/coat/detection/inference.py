@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..files import atomic_write, refuse_overwrite, write_json
 from ..inference import find_images
 from ..train.distributed import pick_device
+from .builders import DETECTORS
 from .coco_eval import evaluate_detector, to_coco_results
 from .data import CocoDetectionSet, collate_detection, detection_transform, read_coco
 from .draw import draw_detections, keep_confident
@@ -67,7 +68,7 @@ def evaluate_detector_checkpoint(
             f"{annotations} lists categories {index.category_ids} but the checkpoint detects "
             f"{spec.category_ids}; evaluate on data with the training categories"
         )
-    with_masks = spec.detector == "maskrcnn" and index.has_masks  # without ground-truth masks, boxes only
+    with_masks = DETECTORS[spec.detector].masks and index.has_masks  # without ground-truth masks, boxes only
     target = pick_device(device)
     dataset = CocoDetectionSet(
         index,

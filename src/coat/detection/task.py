@@ -1,13 +1,14 @@
 """Detection as a training task for ``coat.train.loop``: ``fit(config)`` is ``coat detect train``.
 
 The loop (checkpoints, exact resume, torchrun, AMP, progress, metrics.jsonl / TensorBoard /
-plots) is the classification one; this module supplies COCO data, the torchvision detector on a
-CoaT + FPN backbone, the warm-up + step schedule, the summed detector losses and COCO AP.
-best.safetensors is picked by box AP.
+plots) is the classification one; this module supplies COCO data, the detector (a torchvision R-CNN on a
+CoaT + FPN backbone, or Deformable DETR on CoaT behind the same interface), the warm-up + step schedule, the
+summed detector losses and COCO AP. best.safetensors is picked by box AP.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,14 +17,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datasets import DataError
+from ..models.coat import CoaT
 from ..train.distributed import DistInfo
 from ..train.loaders import run_loaders
 from ..train.loop import Runtime, run
 from ..train.optim import warmup_multistep
+from .builders import DETECTORS, SAMPLING_PARAMETERS
 from .coco_eval import evaluate_detector
 from .config import DetectConfig
 from .data import CocoDetectionSet, CocoIndex, collate_detection, detection_transform, read_coco
 from .weights import DetectorSpec, save_detector
+
+
+def coat_of(detector: nn.Module) -> tuple[str, CoaT]:
+    """The CoaT inside ``detector`` and its module name."""
+    return next((name, module) for name, module in detector.named_modules() if isinstance(module, CoaT))
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -49,7 +57,11 @@ class DetectionTask:
 
     @property
     def with_masks(self) -> bool:
-        return self.config.detector == "maskrcnn"
+        return DETECTORS[self.config.detector].masks
+
+    @property
+    def family(self) -> str:
+        return DETECTORS[self.config.detector].family
 
     def build_data(self, info: DistInfo) -> tuple[DataLoader, DataLoader]:
         config = self.config
@@ -58,7 +70,7 @@ class DetectionTask:
         if self.with_masks and not train.has_masks:
             raise DataError(
                 f"{config.train_annotations} has annotations without segmentation; Mask R-CNN needs "
-                "masks: add them or pass --detector fasterrcnn"
+                "masks: add them or pass --detector fasterrcnn or deformable-detr"
             )
         if val.category_ids != train.category_ids:
             raise DataError(
@@ -73,9 +85,17 @@ class DetectionTask:
             )
         self.train_index, self.val_index = train, val
         self.spec = DetectorSpec(
-            config.detector, config.model, train.class_names, train.category_ids, config.min_sizes, config.max_size
+            config.detector,
+            config.model,
+            train.class_names,
+            train.category_ids,
+            config.min_sizes,
+            config.max_size,
+            self.architecture(),
         )
-        train_set = CocoDetectionSet(train, detection_transform(config.hflip), self.with_masks, config.skip_corrupt)
+        train_set = CocoDetectionSet(
+            train, detection_transform(config.hflip, config.random_crop), self.with_masks, config.skip_corrupt
+        )
         val_set = CocoDetectionSet(
             val,
             detection_transform(0.0),
@@ -86,21 +106,43 @@ class DetectionTask:
         # changes the attention's features, so batch 1 makes the metrics independent of how images are grouped.
         return run_loaders(train_set, val_set, info, config, collate_detection, val_batch_size=1)
 
+    def architecture(self) -> dict[str, Any]:
+        """The builder's architecture settings, saved with the checkpoint (``DetectorSpec.options``)."""
+        config = self.config
+        if self.family == "detr":
+            layers = config.transformer_layers
+            return {"num_queries": config.num_queries, "encoder_layers": layers, "decoder_layers": layers}
+        return {}
+
+    def training_options(self) -> dict[str, Any]:
+        """The builder's options that only training uses (not needed to rebuild the checkpoint)."""
+        config = self.config
+        if self.family == "detr":
+            return {}
+        return {
+            "frozen_stages": config.frozen_stages,
+            "frozen_norms": config.frozen_norms,
+            "box_batch_size_per_image": config.box_batch_size_per_image,
+            "rpn_post_nms_top_n_train": config.rpn_post_nms_top_n_train,
+        }
+
     def build_model(self) -> nn.Module:
         config = self.config
-        model = self.spec.build(
-            config.pretrained,
-            drop_path_rate=config.drop_path,
-            frozen_stages=config.frozen_stages,
-            frozen_norms=config.frozen_norms,
-            box_batch_size_per_image=config.box_batch_size_per_image,
-            rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
-        )
-        model.backbone.body.body.set_grad_checkpointing(config.grad_checkpointing)  # FPN -> CoaTBackbone -> CoaT
+        model = self.spec.build(config.pretrained, drop_path_rate=config.drop_path, **self.training_options())
+        coat_of(model)[1].set_grad_checkpointing(config.grad_checkpointing)
         return model
 
     def peak_lr(self, world_size: int) -> float:
-        return self.config.lr  # the authors' 1e-4 is for a total batch of 16; set --lr for other sizes
+        return self.config.lr  # the authors' lr is for a total batch of 16; set --lr for other sizes
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """--backbone-lr-scale for CoaT's parameters, --sampling-lr-scale for Deformable DETR's sampling offsets and
+        reference points."""
+        backbone = coat_of(model)[0]
+        return {
+            rf"^{re.escape(backbone)}\.": self.config.backbone_lr_scale,
+            SAMPLING_PARAMETERS: self.config.sampling_lr_scale,
+        }
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
@@ -120,7 +162,7 @@ class DetectionTask:
             return torch.zeros((), device=device), 0
         with runtime.autocast:
             losses = model([image.to(device, non_blocking=True) for image in images], move_targets(targets, device))
-        return sum(losses.values()), len(images)  # RPN + box (+ mask) losses
+        return sum(losses.values()), len(images)  # RPN + box (+ mask) losses, or DETR's weighted set losses
 
     def evaluate(self, model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, Any]:
         index = self.val_index

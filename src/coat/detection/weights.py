@@ -1,16 +1,19 @@
 """Detector checkpoints: the whole torchvision model as safetensors, with what rebuilds it in the metadata.
 
-Metadata: ``format`` = coat-detector, ``detector`` (maskrcnn | fasterrcnn), ``variant``,
+Metadata: ``format`` = coat-detector, ``detector`` (a key of ``DETECTORS``), ``variant``,
 ``class_names`` and ``category_ids`` (JSON lists; label i + 1 is ``category_ids[i]``),
-``min_sizes``/``max_size`` (the resize the model was trained with; the last min size is tested).
+``min_sizes``/``max_size`` (the resize the model was trained with; the last min size is tested),
+``options`` (a JSON object of the builder's architecture settings, e.g. Deformable DETR's query count; absent in
+files written before it: none).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 from torch import nn
@@ -30,15 +33,18 @@ class DetectorSpec:
     category_ids: list[int]
     min_sizes: tuple[int, ...]
     max_size: int
+    options: dict[str, Any] = field(default_factory=dict)  # architecture settings for the builder
 
     def build(self, backbone_weights: str | None = None, **kwargs: object) -> nn.Module:
-        """The detector (``num_classes`` counts the background), randomly initialised or on backbone weights."""
-        return DETECTORS[self.detector](
+        """The detector (``num_classes`` counts the background), randomly initialised or on backbone weights;
+        ``kwargs``: training-only builder options (drop-path, frozen stages, ...)."""
+        return DETECTORS[self.detector].build(
             self.variant,
             num_classes=len(self.class_names) + 1,
             backbone_weights=backbone_weights,
             min_size=self.min_sizes,
             max_size=self.max_size,
+            **self.options,
             **kwargs,
         )
 
@@ -51,14 +57,21 @@ class DetectorSpec:
             "category_ids": json.dumps(self.category_ids),
             "min_sizes": json.dumps(list(self.min_sizes)),
             "max_size": str(self.max_size),
+            "options": json.dumps(self.options),
         }
 
 
 def save_detector(
     model: nn.Module, spec: DetectorSpec, path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write ``model``'s weights and ``spec`` atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write ``model``'s weights and ``spec`` atomically. Tied weights (Deformable DETR shares its class and box
+    heads across decoder layers) are written once per name; loading fills each tied parameter with equal values."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        state[name] = tensor.clone() if storage in seen else tensor  # safetensors refuses shared memory
+        seen.add(storage)
     meta = {**spec.metadata(), **(metadata or {})}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
@@ -76,6 +89,11 @@ def load_detector(path: str | os.PathLike) -> tuple[nn.Module, DetectorSpec]:
             f"{path} is not a detector checkpoint (format {meta.get('format', 'unknown')}); pass "
             "the best.safetensors of a `coat detect train` run"
         )
+    if meta.get("detector") not in DETECTORS:
+        raise CheckpointError(
+            f"{path} holds a {meta.get('detector', 'unnamed')} detector, which this version does not know "
+            f"(it knows {', '.join(DETECTORS)}); upgrade coat-pytorch"
+        )
     spec = DetectorSpec(
         meta["detector"],
         meta["variant"],
@@ -83,6 +101,7 @@ def load_detector(path: str | os.PathLike) -> tuple[nn.Module, DetectorSpec]:
         json.loads(meta["category_ids"]),
         tuple(json.loads(meta["min_sizes"])),
         int(meta["max_size"]),
+        json.loads(meta.get("options", "{}")),
     )
     model = spec.build()
     load_state_into(model, state, source=str(path))

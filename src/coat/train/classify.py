@@ -199,6 +199,9 @@ class ClassificationTask:
         config = self.config
         return config.lr if config.lr is not None else config.base_lr * config.batch_size * world_size / 512
 
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        return {}  # one lr for every parameter
+
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
     ) -> torch.optim.lr_scheduler.LRScheduler:

@@ -69,6 +69,9 @@ class Task(Protocol):
 
     def peak_lr(self, world_size: int) -> float: ...
 
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        """``model``'s learning-rate multipliers by parameter-name pattern (``coat.train.optim.param_groups``)."""
+
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
     ) -> torch.optim.lr_scheduler.LRScheduler: ...
@@ -238,7 +241,7 @@ def _build(task: Task, device: torch.device, peak_lr: float, steps_per_epoch: in
     """The model, optimizer, schedule, EMA and loss scaler of a new run (a resume then loads their states)."""
     config = task.config
     model = task.build_model().to(device)
-    optimizer = build_optimizer(model, peak_lr, config.weight_decay)
+    optimizer = build_optimizer(model, peak_lr, config.weight_decay, task.lr_scales(model))
     scheduler = task.build_scheduler(optimizer, peak_lr, steps_per_epoch)
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
