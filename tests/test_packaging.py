@@ -78,7 +78,7 @@ def test_extras_table_matches_pyproject():
                 inner = requirement.split("[")[1].rstrip("]").split(",")
                 names |= set().union(*(distributions(e) for e in inner))
             else:
-                names.add(name)
+                names.add(name.replace("-", "_"))  # the module a distribution installs (segmentation-models-pytorch)
         return names
 
     for extra, (_, modules) in EXTRAS.items():

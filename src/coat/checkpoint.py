@@ -109,11 +109,19 @@ def _read(path: str | os.PathLike) -> Checkpoint:
             Preprocessing.from_dict(saved) if saved else None,
             metadata,
         )
+    return state_checkpoint(tensors, metadata, str(path))
+
+
+def state_checkpoint(
+    tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None, where: str = "the state dict"
+) -> Checkpoint:
+    """A bare state dict in our, the authors' or timm's key names as a ``Checkpoint`` in ours."""
+    metadata = metadata or {}
     if any(key.startswith("stages.") for key in tensors):
-        return Checkpoint(tensors, "coat", metadata=metadata)
+        return Checkpoint(dict(tensors), "coat", metadata=metadata)
     if "patch_embed1.proj.weight" not in tensors:
         sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
-        raise CheckpointError(f"{path} is not a CoaT checkpoint: no patch_embed1/stages keys (found {sample})")
+        raise CheckpointError(f"{where} is not a CoaT checkpoint: no patch_embed1/stages keys (found {sample})")
     source = "authors" if "norm1.weight" in tensors else "timm"  # timm drops the unused norms
     state, notes = authors_to_coat(tensors)
     return Checkpoint(state, source, metadata=metadata, notes=notes)
