@@ -45,7 +45,7 @@ def polygon_area(polygon: list[tuple[float, float]]) -> float:
     return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(polygon, polygon[1:] + polygon[:1]))) / 2
 
 
-def _draw_image(rng: random.Random, width: int, height: int, max_shapes: int):
+def draw_shapes(rng: random.Random, width: int, height: int, max_shapes: int):
     """One image and its annotations [(category_id, polygon)] with non-overlapping shapes."""
     background = tuple(rng.randint(0, 90) for _ in range(3))
     image = Image.new("RGB", (width, height), background)
@@ -80,7 +80,7 @@ def make_split(
     images, annotations = [], []
     for image_id in range(1, count + 1):
         width, height = rng.randint(*size), rng.randint(*size)
-        image, shapes = _draw_image(rng, width, height, max_shapes)
+        image, shapes = draw_shapes(rng, width, height, max_shapes)
         file_name = f"{image_id:06d}.png"
         image.save(folder / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
