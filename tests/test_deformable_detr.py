@@ -12,8 +12,9 @@ from coat.detection.builders import DETECTORS
 from coat.detection.config import RECIPES, resolve
 from coat.detection.data import RandomSizeCrop, detection_transform
 from coat.detection.deformable_detr import DeformableDetrDetector, authors_losses, detr_targets, image_mask
-from coat.detection.task import DetectionTask, coat_of
+from coat.detection.task import DetectionTask
 from coat.errors import UsageError
+from coat.models.coat import find_coat
 from coat.train.optim import build_optimizer
 
 SMALL = {"num_queries": 10, "encoder_layers": 1, "decoder_layers": 2, "d_model": 64}
@@ -131,7 +132,7 @@ def test_backbone_and_sampling_parameters_get_their_lr_scales():
     detector = _detector()
     optimizer = build_optimizer(detector, config.lr, config.weight_decay, DetectionTask(config).lr_scales(detector))
     lr_of = {p: g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    backbone = {id(p) for p in coat_of(detector)[1].parameters()}
+    backbone = {id(p) for p in find_coat(detector)[1].parameters()}
     for name, param in detector.named_parameters():
         slow = id(param) in backbone or ".sampling_offsets." in name or ".reference_points." in name
         assert lr_of[param] == pytest.approx(2e-5 if slow else 2e-4), name

@@ -107,3 +107,27 @@ def test_metrics_against_a_hand_computed_case():
     assert metrics["mean_accuracy"] == pytest.approx(100 * (1 / 2 + 1 + 1 / 2) / 3)
     empty = segmentation_metrics(torch.zeros(2, 2, dtype=torch.long), ["a", "b"])
     assert empty["miou"] == 0.0 and not math.isnan(empty["pixel_accuracy"])
+
+
+def test_training_transform_keeps_masks_on_their_pixels_and_pads_with_ignore(tmp_path):
+    """An image whose grey level encodes its mask's class: after rescale, crop, flip and normalisation the two
+    still agree (bilinear against nearest differ only at region edges), and padding is labelled ignore."""
+    from torchvision import tv_tensors
+
+    from coat.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from coat.segmentation.dataset import train_transform
+
+    classes = torch.zeros(60, 80, dtype=torch.uint8)
+    classes[10:40, 20:70] = 1
+    classes[45:, :30] = 2
+    image = tv_tensors.Image((classes * 100).expand(3, -1, -1).contiguous())
+    torch.manual_seed(0)
+    transform = train_transform(96, (160, 120), (0.5, 2.0), hflip=0.5, photometric=False)
+    for _ in range(5):
+        out, mask = transform(image, tv_tensors.Mask(classes))
+        grey = out[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to 0..1
+        assert out.shape == (3, 96, 96) and mask.shape == (96, 96)
+        labelled = mask != IGNORE_INDEX
+        agree = (torch.round(grey * 255 / 100) == mask)[labelled].float().mean()
+        assert agree > 0.95
+        assert (grey[~labelled].abs() < 1e-6).all() if (~labelled).any() else True  # padding: image 0, mask 255

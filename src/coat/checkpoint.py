@@ -34,6 +34,7 @@ from .weights import Weights, get_weights, is_weights_name
 FORMAT_NAME = "coat"
 FORMAT_VERSION = "1"
 DETECTOR_FORMAT_NAME = "coat-detector"
+SEGMENTER_FORMAT_NAME = "coat-segmenter"
 
 
 class CheckpointError(CoatError, ValueError):
@@ -95,6 +96,11 @@ def _read(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(
             f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
             "or `coat detect predict`"
+        )
+    if metadata.get("format") == SEGMENTER_FORMAT_NAME:
+        raise CheckpointError(
+            f"{path} is a segmentation checkpoint (coat segment train); use it with `coat segment eval` "
+            "or `coat segment predict`"
         )
     if metadata.get("format") == FORMAT_NAME:
         config_data = json.loads(metadata["config"])
@@ -345,3 +351,33 @@ def save_checkpoint(
     meta.update(metadata or {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def save_model_state(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``model``'s state dict and ``metadata`` as safetensors, atomically. Tied weights (Deformable DETR
+    shares its class and box heads across decoder layers) are written once per name; loading fills each tied
+    parameter with equal values."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        state[name] = tensor.clone() if storage in seen else tensor  # safetensors refuses shared memory
+        seen.add(storage)
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def read_task_checkpoint(
+    path: str | os.PathLike, format_name: str, kind: str, command: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a ``kind`` checkpoint (``format_name`` in its metadata) that ``command`` wrote,
+    or a one-line ``CheckpointError`` naming what to pass instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the best.safetensors of a `{command}` run")
+    state, meta = read_safetensors(path)
+    if meta.get("format") != format_name:
+        raise CheckpointError(
+            f"{path} is not a {kind} checkpoint (format {meta.get('format', 'unknown')}); pass the "
+            f"best.safetensors of a `{command}` run"
+        )
+    return state, meta

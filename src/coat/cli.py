@@ -15,11 +15,18 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import detect_commands, model_commands, train_commands, use_commands, weights_commands
+from .commands import (
+    detect_commands,
+    model_commands,
+    segment_commands,
+    train_commands,
+    use_commands,
+    weights_commands,
+)
 from .errors import CoatError
 from .extras import require
 
-COMMAND_MODULES = [model_commands, weights_commands, train_commands, use_commands, detect_commands]
+COMMAND_MODULES = [model_commands, weights_commands, train_commands, use_commands, detect_commands, segment_commands]
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
 
 

@@ -18,8 +18,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, help_t
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif type_name.startswith("tuple[int"):
             parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
-        elif type_name.startswith("tuple"):
-            parser.add_argument(flag, type=float, nargs=3, default=None, help=help_text)
+        elif type_name.startswith("tuple"):  # tuple[float, float, float] (RGB) takes 3 values, tuple[float, ...] any
+            count = type_name.count("float") if "..." not in type_name else "+"
+            parser.add_argument(flag, type=float, nargs=count, default=None, help=help_text)
         else:
             value_type = float if "float" in type_name else int if "int" in type_name else str
             parser.add_argument(flag, type=value_type, default=None, help=help_text)

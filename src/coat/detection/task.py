@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datasets import DataError
-from ..models.coat import CoaT
+from ..models.coat import find_coat
 from ..train.distributed import DistInfo
 from ..train.loaders import run_loaders
 from ..train.loop import Runtime, run
@@ -27,11 +27,6 @@ from .coco_eval import evaluate_detector
 from .config import DetectConfig
 from .data import CocoDetectionSet, CocoIndex, collate_detection, detection_transform, read_coco
 from .weights import DetectorSpec, save_detector
-
-
-def coat_of(detector: nn.Module) -> tuple[str, CoaT]:
-    """The CoaT inside ``detector`` and its module name."""
-    return next((name, module) for name, module in detector.named_modules() if isinstance(module, CoaT))
 
 
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -129,7 +124,7 @@ class DetectionTask:
     def build_model(self) -> nn.Module:
         config = self.config
         model = self.spec.build(config.pretrained, drop_path_rate=config.drop_path, **self.training_options())
-        coat_of(model)[1].set_grad_checkpointing(config.grad_checkpointing)
+        find_coat(model)[1].set_grad_checkpointing(config.grad_checkpointing)
         return model
 
     def peak_lr(self, world_size: int) -> float:
@@ -138,7 +133,7 @@ class DetectionTask:
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         """--backbone-lr-scale for CoaT's parameters, --sampling-lr-scale for Deformable DETR's sampling offsets and
         reference points."""
-        backbone = coat_of(model)[0]
+        backbone = find_coat(model)[0]
         return {
             rf"^{re.escape(backbone)}\.": self.config.backbone_lr_scale,
             SAMPLING_PARAMETERS: self.config.sampling_lr_scale,

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import DETECTOR_FORMAT_NAME, CheckpointError, load_state_into, read_safetensors
-from ..files import atomic_write
+from ..checkpoint import DETECTOR_FORMAT_NAME, CheckpointError, load_state_into, read_task_checkpoint, save_model_state
 from .builders import DETECTORS
 
 
@@ -64,31 +62,13 @@ class DetectorSpec:
 def save_detector(
     model: nn.Module, spec: DetectorSpec, path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write ``model``'s weights and ``spec`` atomically. Tied weights (Deformable DETR shares its class and box
-    heads across decoder layers) are written once per name; loading fills each tied parameter with equal values."""
-    state, seen = {}, set()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        storage = tensor.untyped_storage().data_ptr()
-        state[name] = tensor.clone() if storage in seen else tensor  # safetensors refuses shared memory
-        seen.add(storage)
-    meta = {**spec.metadata(), **(metadata or {})}
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    """Write ``model``'s weights and ``spec`` atomically."""
+    return save_model_state(model, path, {**spec.metadata(), **(metadata or {})})
 
 
 def load_detector(path: str | os.PathLike) -> tuple[nn.Module, DetectorSpec]:
     """The detector saved at ``path`` (by ``coat detect train``), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass the best.safetensors of a `coat detect train` run"
-        )
-    state, meta = read_safetensors(path)
-    if meta.get("format") != DETECTOR_FORMAT_NAME:
-        raise CheckpointError(
-            f"{path} is not a detector checkpoint (format {meta.get('format', 'unknown')}); pass "
-            "the best.safetensors of a `coat detect train` run"
-        )
+    state, meta = read_task_checkpoint(path, DETECTOR_FORMAT_NAME, "detector", "coat detect train")
     if meta.get("detector") not in DETECTORS:
         raise CheckpointError(
             f"{path} holds a {meta.get('detector', 'unnamed')} detector, which this version does not know "

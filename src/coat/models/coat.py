@@ -318,3 +318,8 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def find_coat(module: nn.Module) -> tuple[str, CoaT]:
+    """The CoaT inside ``module`` (a detector, a segmenter, ...) and its module name ("" for ``module`` itself)."""
+    return next((name, inner) for name, inner in module.named_modules() if isinstance(inner, CoaT))

@@ -77,3 +77,18 @@ def warmup_multistep(
         return warm * gamma ** sum(step >= m for m in milestones)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_poly(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, warmup_ratio: float, total_steps: int, power: float = 1.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The segmentation schedule (mmsegmentation's): lr x (1 - step / total_steps) ** power, per step, with a linear
+    warm-up over ``warmup_steps`` from ``warmup_ratio`` x that value."""
+
+    def factor(step: int) -> float:
+        decay = (1 - min(step, total_steps) / total_steps) ** power
+        if step < warmup_steps:
+            return decay * (1 - (1 - step / warmup_steps) * (1 - warmup_ratio))
+        return decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
