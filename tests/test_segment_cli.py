@@ -84,8 +84,33 @@ def test_make_shapes_and_bad_input_are_one_line(tmp_path, capsys):
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
         (["--data", str(tmp_path / "s"), "--eval-mode", "tiles"], "--eval-mode must be one of whole, slide"),
         (["--data", str(tmp_path / "s"), "--scale-range", "2", "1"], "--scale-range takes LOW HIGH"),
+        (["--data", str(tmp_path / "s"), "--batch-size", "1"], "--batch-size must be at least 2 per process"),
     ]:
         assert main(["segment", "train", *bad, "--output", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert LAYOUTS == ("voc", "ade20k", "plain")
+
+
+@pytest.mark.slow
+def test_segment_train_under_torchrun_two_processes(trained, tmp_path):
+    """Each process scores part of the validation images; the summed confusion matrices give the same mIoU as a
+    one-process evaluation of the checkpoint (which needs every rank to evaluate rank 0's BatchNorm statistics)."""
+    import os
+    import subprocess
+
+    from conftest import torchrun_two_processes
+
+    root, _ = trained
+    out = tmp_path / "ddp"
+    command = [*torchrun_two_processes(29523), "-m", "coat.cli", "segment", "train", "--data", str(root), *TINY]
+    command += ["--epochs", "1", "--output", str(out), "--device", "cpu"]  # 2 per process: one step
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    evaluation = ["segment", "eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(root)]
+    assert main([*evaluation, "--workers", "0", "--output", str(tmp_path / "ev")]) == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["images"] == 3 and results["miou"] == pytest.approx(summary["best_miou"], abs=1e-6)

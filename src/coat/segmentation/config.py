@@ -84,6 +84,10 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> SegmentConfig:
                 "--data required: a segmentation folder (`coat segment make-shapes DIR` writes one)",
             ),
             (config.lr is not None and config.lr > 0, "--lr must be positive"),
+            (
+                config.batch_size >= 2,
+                "--batch-size must be at least 2 per process: UperNet's pyramid pooling batch-normalises a 1x1 map",
+            ),
             (config.input_size >= 32, "--input-size must be at least 32"),
             (len(config.base_scale) == 2 and min(config.base_scale) >= 32, "--base-scale takes LONG SHORT, each >= 32"),
             (

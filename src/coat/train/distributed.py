@@ -74,6 +74,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics, ...). DDP broadcasts them only at the start
+    of each training forward, so after an epoch every other rank holds statistics updated by its own last batch,
+    and its evaluation would score a model that no checkpoint holds."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def gather_objects(value: Any, info: DistInfo) -> list[Any]:
     """Every process's ``value`` (picklable, from our own code), in rank order."""
     if not info.enabled:

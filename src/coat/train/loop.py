@@ -34,7 +34,7 @@ from ..data.datasets import DataError
 from ..errors import CoatError
 from ..files import write_json, write_text
 from .config import RunConfig, to_yaml
-from .distributed import DistInfo, barrier, gather_objects, init_distributed, pick_device
+from .distributed import DistInfo, barrier, broadcast_buffers, gather_objects, init_distributed, pick_device
 from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
@@ -175,8 +175,8 @@ def run(task: Task) -> dict[str, Any]:
 
     Every process runs the same steps. The collective calls, which every rank must make at the same point
     (a call inside a rank branch deadlocks DDP), are: DDP's gradient reduction in each step, the loss
-    reading at log intervals (``LossMonitor.read``), the task's evaluation (sums over processes) and
-    ``_end_epoch``'s gather and barrier. Only rank 0 writes files.
+    reading at log intervals (``LossMonitor.read``), the broadcast of rank 0's buffers after each training epoch,
+    the task's evaluation (sums over processes) and ``_end_epoch``'s gather and barrier. Only rank 0 writes files.
     """
     config = task.config
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -205,6 +205,7 @@ def run(task: Task) -> dict[str, Any]:
     for epoch in range(progress.epoch, config.epochs):
         train_loader.sampler.set_epoch(epoch)
         reading, seconds, skipped = _train_epoch(task, training, train_loader, epoch, runtime, log, output)
+        broadcast_buffers(training.model, info)  # collective: every rank evaluates the model rank 0 saves
         record, best = _evaluate_epoch(task, training, val_loader, runtime)
         record = {
             "epoch": epoch + 1,
