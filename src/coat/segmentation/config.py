@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..train.config import RunConfig, check_model, check_recipe, given_options, validate
+from .evaluate import default_stride
 
 EVAL_MODES = ("whole", "slide")
 
@@ -75,7 +76,7 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> SegmentConfig:
         values[name] = tuple(kind(v) for v in values.get(name, getattr(SegmentConfig, name)))
     config = SegmentConfig(**values)
     if config.eval_stride is None:
-        config.eval_stride = max(1, config.input_size * 2 // 3)
+        config.eval_stride = default_stride(config.input_size)
     validate(
         config,
         [

@@ -30,7 +30,7 @@ from ..train.distributed import pick_device
 from .config import EVAL_MODES
 from .data import read_split
 from .dataset import SegmentationSet, eval_transform
-from .evaluate import evaluate_segmenter, predict_classes
+from .evaluate import default_stride, evaluate_segmenter, predict_classes
 from .task import collate_segmentation
 from .weights import load_segmenter
 
@@ -100,7 +100,7 @@ def evaluate_segmenter_checkpoint(
         progress="eval",
         mode=mode,
         window=window,
-        stride=stride or max(1, window * 2 // 3),
+        stride=stride or default_stride(window),
     )
     write_json(results_path, {"checkpoint": str(checkpoint), "data": str(data), "mode": mode, **metrics})
     return SegmentationReport(metrics, results_path)
@@ -149,7 +149,7 @@ def predict_segmentation(
             image = transform(TF.to_image(picture))[None].to(target)
             window = spec.input_size
             classes = predict_classes(
-                model, image, tuple(picture.shape[-2:]), mode=mode, window=window, stride=max(1, window * 2 // 3)
+                model, image, tuple(picture.shape[-2:]), mode=mode, window=window, stride=default_stride(window)
             )[0].cpu()  # [H, W]
             mask = Image.fromarray(classes.to(torch.uint8).numpy(), mode="P")
             mask.putpalette(palette)
