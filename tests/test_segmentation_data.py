@@ -109,7 +109,8 @@ def test_metrics_against_a_hand_computed_case():
     assert empty["miou"] == 0.0 and not math.isnan(empty["pixel_accuracy"])
 
 
-def test_training_transform_keeps_masks_on_their_pixels_and_pads_with_ignore(tmp_path):
+@pytest.mark.parametrize("cat_max_ratio", [1.0, 0.75])
+def test_training_transform_keeps_masks_on_their_pixels_and_pads_with_ignore(cat_max_ratio):
     """An image whose grey level encodes its mask's class: after rescale, crop, flip and normalisation the two
     still agree (bilinear against nearest differ only at region edges), and padding is labelled ignore."""
     from torchvision import tv_tensors
@@ -122,7 +123,7 @@ def test_training_transform_keeps_masks_on_their_pixels_and_pads_with_ignore(tmp
     classes[45:, :30] = 2
     image = tv_tensors.Image((classes * 100).expand(3, -1, -1).contiguous())
     torch.manual_seed(0)
-    transform = train_transform(96, (160, 120), (0.5, 2.0), hflip=0.5, photometric=False)
+    transform = train_transform(96, (160, 120), (0.5, 2.0), 0.5, photometric=False, cat_max_ratio=cat_max_ratio)
     for _ in range(5):
         out, mask = transform(image, tv_tensors.Mask(classes))
         grey = out[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to 0..1
@@ -131,3 +132,30 @@ def test_training_transform_keeps_masks_on_their_pixels_and_pads_with_ignore(tmp
         agree = (torch.round(grey * 255 / 100) == mask)[labelled].float().mean()
         assert agree > 0.95
         assert (grey[~labelled].abs() < 1e-6).all() if (~labelled).any() else True  # padding: image 0, mask 255
+
+
+def test_capped_crop_redraws_crops_that_one_class_fills():
+    """A 40x40 block of class 1 in a 100x100 mask of class 0, ignore in one corner: 16% of the 40x40 crops hold
+    both classes with neither at 75%; capped at 0.75, ten draws find one 1 - 0.84^10 = 83% of the time. The image
+    is cut alike."""
+    from torchvision import tv_tensors
+
+    from coat.segmentation.dataset import CappedRandomCrop
+
+    mask = torch.zeros(100, 100, dtype=torch.uint8)
+    mask[:40, :40] = 1
+    mask[90:, 90:] = IGNORE_INDEX
+    image = tv_tensors.Image(mask.expand(3, -1, -1).contiguous())
+    checker, rates = CappedRandomCrop(40, 0.75), {}
+    for ratio in (1.0, 0.75):
+        crop = CappedRandomCrop(40, ratio)
+        torch.manual_seed(0)
+        balanced = 0
+        for _ in range(40):
+            cut_image, cut_mask = crop(image, tv_tensors.Mask(mask))
+            assert cut_mask.shape == (40, 40) and torch.equal(cut_image[0], cut_mask)
+            balanced += checker._balanced(cut_mask)
+        rates[ratio] = balanced / 40
+    assert rates[1.0] < 0.35 and rates[0.75] > 0.65, rates
+    small = CappedRandomCrop(40, 0.75)(image[:, :30, :50], tv_tensors.Mask(mask[:30, :50]))  # padded to 40x40
+    assert small[1].shape == (40, 40) and (small[1][30:] == IGNORE_INDEX).all() and (small[0][:, 30:] == 0).all()

@@ -11,7 +11,7 @@ import coat
 from coat.data.preprocessing import Preprocessing
 from coat.data.transforms import EachImage, batch_mixing, crop_transform, pixel_transform, train_transform
 from coat.train.config import TrainConfig, resolve, to_yaml
-from coat.train.distributed import DistInfo, RepeatedAugSampler, ShardSampler
+from coat.train.distributed import DistInfo, RepeatedAugSampler, ShardSampler, sync_batch_norm
 from coat.train.optim import build_optimizer, param_groups, warmup_cosine
 
 
@@ -105,6 +105,19 @@ def test_repeated_augmentation_sampler():
     assert list(again) == lists[0]
     single = RepeatedAugSampler(10, DistInfo(), repeats=1)
     assert sorted(single) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    ("device", "info", "synced"),
+    [("cuda", DistInfo(0, 2), True), ("cpu", DistInfo(0, 2), False), ("cuda", DistInfo(), False)],
+)
+def test_batch_norm_is_synchronised_only_under_ddp_on_cuda(device, info, synced):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
+    tensors, keys = [*model.parameters(), *model.buffers()], list(model.state_dict())
+    converted = sync_batch_norm(model, torch.device(device), info)
+    assert converted is model and isinstance(model[1][0], torch.nn.SyncBatchNorm) == synced
+    assert all(a is b for a, b in zip([*model.parameters(), *model.buffers()], tensors, strict=True))
+    assert list(model.state_dict()) == keys  # checkpoints load either way
 
 
 def test_shard_sampler_covers_everything_once():

@@ -16,6 +16,7 @@ _HELP = {
     "input_size": "side of the square training crops (and of the sliding windows)",
     "base_scale": "LONG SHORT: images are rescaled to fit this (x a random ratio of --scale-range in training)",
     "scale_range": "LOW HIGH: the random rescale ratios of training",
+    "cat_max_ratio": "redraw a training crop (up to 10 times) while one class covers this share of it; 1: off",
     "eval_mode": "whole (the rescaled image at once) or slide (windows of --input-size)",
     "decoder_channels": "UperNet's channels (512 in the ADE20K tables)",
     "pretrained": "backbone weights: a released weights name (coat_lite_small) or any classification checkpoint",

@@ -3,7 +3,8 @@
 Recipes:
 - ``ade20k``: the UperNet recipe backbones are compared with on ADE20K (mmsegmentation's Swin / ConvNeXt
   configs): AdamW lr 6e-5, weight decay 0.01, 1500-iteration linear warm-up from 1e-6 x lr then poly decay
-  (power 1) to 0, 512x512 crops of images rescaled to fit 2048x512 x 0.5-2.0, flip, photometric distortion,
+  (power 1) to 0, 512x512 crops of images rescaled to fit 2048x512 x 0.5-2.0 (no class over 75% of a crop where
+  10 draws allow: ``cat_max_ratio``), flip, photometric distortion,
   total batch 16 (2 per GPU on 8) for 160k iterations: 127 epochs of ADE20K's 20,210 training images.
   Evaluation rescales to fit 2048x512 and scores at the annotation's size.
 - ``small``: a few hundred to a few thousand images on a CPU, from scratch.
@@ -37,6 +38,7 @@ class SegmentConfig(RunConfig):
     input_size: int = 512  # training crops are input_size x input_size
     base_scale: tuple[int, ...] = (2048, 512)  # (long side, short side) the images are rescaled to fit
     scale_range: tuple[float, ...] = (0.5, 2.0)  # training rescales by a random ratio of base_scale in this range
+    cat_max_ratio: float = 0.75  # redraw crops (up to 10) where one class covers this share of the labelled pixels
     hflip: float = 0.5
     photometric: bool = True
     eval_mode: str = "whole"  # whole: the rescaled image at once; slide: input_size windows
@@ -58,6 +60,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "input_size": 128,
         "base_scale": (256, 128),
         "decoder_channels": 128,
+        "cat_max_ratio": 1.0,
         "drop_path": 0.0,
         "amp": None,
         "workers": 0,
@@ -95,6 +98,7 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> SegmentConfig:
                 len(config.scale_range) == 2 and 0 < config.scale_range[0] <= config.scale_range[1],
                 "--scale-range takes LOW HIGH with 0 < LOW <= HIGH",
             ),
+            (0 < config.cat_max_ratio <= 1, "--cat-max-ratio must be in (0, 1]; 1 turns the redrawing off"),
             (config.eval_mode in EVAL_MODES, f"--eval-mode must be one of {', '.join(EVAL_MODES)}"),
             (0 < config.eval_stride <= config.input_size, "--eval-stride must be in 1..--input-size"),
             (config.decoder_channels > 0, "--decoder-channels must be positive"),

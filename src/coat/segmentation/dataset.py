@@ -1,7 +1,8 @@
 """Segmentation samples: a checked split's (image, mask) pairs through joint transforms.
 
 Training follows the ADE20K recipe of mmsegmentation's UperNet configs: rescale by a random ratio of a base scale
-(``RandomRescale``: the image fits inside ``base_scale`` x r, r in 0.5-2.0, aspect kept), a random crop padded
+(``RandomRescale``: the image fits inside ``base_scale`` x r, r in 0.5-2.0, aspect kept), a random crop in which
+no class covers 75% or more of the labelled pixels where one of 10 draws allows it (``CappedRandomCrop``), padded
 with the ignore label where the image is smaller, horizontal flip, photometric distortion (torchvision's
 ``RandomPhotometricDistort``), ImageNet normalisation. Evaluation rescales to the base scale (r = 1) and scores
 the prediction at the mask's own size.
@@ -44,6 +45,40 @@ class RandomRescale(v2.Transform):
         return v2.functional.resize(inpt, params["size"])
 
 
+class CappedRandomCrop(v2.Transform):
+    """A random ``size`` x ``size`` crop, padded at the bottom and right (image 0, mask ``IGNORE_INDEX``) where the
+    image is smaller. With ``cat_max_ratio`` < 1 (mmsegmentation's name), up to ``tries`` crops are drawn and the
+    first in which at least two classes appear and the most frequent covers less than ``cat_max_ratio`` of the
+    labelled pixels is kept (else the last drawn): fewer crops of sky or road alone."""
+
+    def __init__(self, size: int, cat_max_ratio: float = 1.0, tries: int = 10) -> None:
+        super().__init__()
+        self.size, self.cat_max_ratio, self.tries = size, cat_max_ratio, tries
+
+    def _balanced(self, labels: torch.Tensor) -> bool:
+        counts = torch.bincount(labels[labels != IGNORE_INDEX].flatten().long())
+        counts = counts[counts > 0]
+        return len(counts) > 1 and float(counts.max()) < self.cat_max_ratio * float(counts.sum())
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, int]:
+        height, width = v2.query_size(flat_inputs)
+        size = self.size
+        masks = [inpt for inpt in flat_inputs if isinstance(inpt, tv_tensors.Mask)]
+        draws = self.tries if masks and self.cat_max_ratio < 1 else 1
+        for _ in range(draws):
+            top = int(torch.randint(max(height - size, 0) + 1, ()))
+            left = int(torch.randint(max(width - size, 0) + 1, ()))
+            if draws == 1 or self._balanced(masks[0][..., top : top + size, left : left + size]):
+                break
+        return {"top": top, "left": left, "bottom": max(size - height, 0), "right": max(size - width, 0)}
+
+    def transform(self, inpt: Any, params: dict[str, int]) -> Any:
+        height, width = v2.query_size([inpt])
+        crop = v2.functional.crop(inpt, params["top"], params["left"], min(self.size, height), min(self.size, width))
+        fill = IGNORE_INDEX if isinstance(inpt, tv_tensors.Mask) else 0
+        return v2.functional.pad(crop, [0, 0, params["right"], params["bottom"]], fill=fill)
+
+
 def _finish() -> list[Callable]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
@@ -52,12 +87,14 @@ def _finish() -> list[Callable]:
 
 
 def train_transform(
-    crop_size: int, base_scale: tuple[int, int], ratio_range: tuple[float, float], hflip: float, photometric: bool
+    crop_size: int,
+    base_scale: tuple[int, int],
+    ratio_range: tuple[float, float],
+    hflip: float,
+    photometric: bool,
+    cat_max_ratio: float = 1.0,
 ) -> v2.Compose:
-    steps: list[Callable] = [
-        RandomRescale(base_scale, ratio_range),
-        v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
-    ]
+    steps: list[Callable] = [RandomRescale(base_scale, ratio_range), CappedRandomCrop(crop_size, cat_max_ratio)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if photometric:

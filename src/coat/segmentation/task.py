@@ -73,7 +73,9 @@ class SegmentationTask:
         head = {"hidden_size": config.decoder_channels, "auxiliary_channels": max(1, config.decoder_channels // 2)}
         self.spec = SegmenterSpec(config.model, train.class_names, config.input_size, config.base_scale, head)
         scale_range = (config.scale_range[0], config.scale_range[1])
-        augment = train_transform(config.input_size, config.base_scale, scale_range, config.hflip, config.photometric)
+        augment = train_transform(
+            config.input_size, config.base_scale, scale_range, config.hflip, config.photometric, config.cat_max_ratio
+        )
         train_set = SegmentationSet(train, augment)
         val_set = SegmentationSet(val, eval_transform(config.base_scale), rescale_mask=False)
         # One image per forward in evaluation: images differ in size, and metrics are taken at each mask's own.

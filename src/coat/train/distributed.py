@@ -83,6 +83,16 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def sync_batch_norm(module: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """Under DDP on CUDA, BatchNorm layers normalise over the global batch (``SyncBatchNorm``, as the UperNet and
+    Cascade R-CNN recipes train with 2 images per GPU); elsewhere ``module`` is returned as it is (Gloo has no
+    SyncBatchNorm). The layers are swapped inside ``module``, keeping the same parameter and buffer tensors, so an
+    optimizer built before still holds them and the state dict keys stay the same."""
+    if info.enabled and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
 def gather_objects(value: Any, info: DistInfo) -> list[Any]:
     """Every process's ``value`` (picklable, from our own code), in rank order."""
     if not info.enabled:

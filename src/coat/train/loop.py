@@ -34,7 +34,15 @@ from ..data.datasets import DataError
 from ..errors import CoatError
 from ..files import write_json, write_text
 from .config import RunConfig, to_yaml
-from .distributed import DistInfo, barrier, broadcast_buffers, gather_objects, init_distributed, pick_device
+from .distributed import (
+    DistInfo,
+    barrier,
+    broadcast_buffers,
+    gather_objects,
+    init_distributed,
+    pick_device,
+    sync_batch_norm,
+)
 from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
@@ -198,7 +206,7 @@ def run(task: Task) -> dict[str, Any]:
         progress = Progress()
         if info.is_main:
             write_text(output / "config.yaml", to_yaml(config))
-    _wrap_for_running(training, config, info)
+    _wrap_for_running(training, config, info, device)
     if info.is_main:
         tqdm.write(task.describe(runtime, peak_lr))
 
@@ -282,10 +290,11 @@ def _resume(training: Training, path: Path, model_name: str, info: DistInfo) -> 
     return state.progress
 
 
-def _wrap_for_running(training: Training, config: RunConfig, info: DistInfo) -> None:
-    """DDP around the trained model; with ``--compile``, training and evaluation each their own graphs."""
+def _wrap_for_running(training: Training, config: RunConfig, info: DistInfo, device: torch.device) -> None:
+    """DDP around the trained model (its BatchNorm synchronised on CUDA); with ``--compile``, training and
+    evaluation each their own graphs."""
     if info.enabled:
-        training.train_model = DistributedDataParallel(training.model)
+        training.train_model = DistributedDataParallel(sync_batch_norm(training.model, device, info))
     if config.compile:
         training.train_model = torch.compile(training.train_model)
         training.eval_models = {prefix: torch.compile(m) for prefix, m in training.eval_models.items()}

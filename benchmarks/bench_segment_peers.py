@@ -1,0 +1,153 @@
+"""``coat segment train`` against segmentation-models-pytorch peers, trained from scratch on the same folder with
+the same crops, augmentation, optimiser, schedule, epochs and evaluation (the loop and data of ``coat segment``;
+only the network differs). Needs the ``hf`` and ``smp`` extras.
+
+Peers:
+- ``upernet-coat``: what ``coat segment train`` builds (UperNet on ``--model``);
+- ``fpn-resnet18``: smp's FPN on a ResNet-18, the usual small baseline;
+- ``fpn-coat``: smp's FPN on the same CoaT variant (our smp encoder).
+
+    python benchmarks/bench_segment_peers.py --data data/camvid --output runs/peers-camvid --json camvid.json
+    python benchmarks/bench_segment_peers.py --data data/human --peers upernet-coat fpn-resnet18 --lr 2e-3
+
+Any ``coat segment train`` option after ``--`` applies to every peer (e.g. ``-- --input-size 192``). Prints one
+markdown row per peer: best and final mIoU, final pixel accuracy, parameters, seconds per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coat.checkpoint import save_model_state
+from coat.segmentation.config import resolve
+from coat.segmentation.data import IGNORE_INDEX
+from coat.segmentation.task import SegmentationTask
+from coat.train.loop import run
+
+SMP_STRIDE = 32  # smp's FPN needs sides divisible by its encoder's output stride
+
+
+class SmpSegmenter(nn.Module):
+    """An smp model behind the interface UperNet has in ``coat segment``'s loop: ``forward(pixel_values,
+    labels=None)`` -> ``.logits`` at the input size and ``.loss`` (cross-entropy, label 255 ignored)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> SimpleNamespace:
+        height, width = pixel_values.shape[-2:]
+        pad_bottom, pad_right = -height % SMP_STRIDE, -width % SMP_STRIDE
+        padded = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+        logits = self.network(padded)[..., :height, :width]
+        loss = None if labels is None else F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+class SmpTask(SegmentationTask):
+    """``coat segment``'s task with an smp network in place of UperNet."""
+
+    def __init__(self, config, label: str, build: Callable[[int], nn.Module]) -> None:
+        super().__init__(config)
+        self.label, self.build = label, build
+
+    def build_model(self) -> nn.Module:
+        return SmpSegmenter(self.build(len(self.spec.class_names)))
+
+    def save_best(self, model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+        save_model_state(model, path, metadata)
+
+    def describe(self, runtime, peak_lr: float) -> str:
+        return super().describe(runtime, peak_lr).replace(f"UperNet on {self.config.model}", f"smp's {self.label}")
+
+
+def smp_builder(architecture: str, encoder: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import segmentation_models_pytorch as smp
+
+        import coat.segmentation.smp_encoders  # noqa: F401  (registers the CoaT encoders)
+
+        return getattr(smp, architecture)(encoder, encoder_weights=None, classes=num_classes)
+
+    return build
+
+
+def train_peer(name: str, config) -> SegmentationTask:
+    if name == "upernet-coat":
+        return SegmentationTask(config)
+    if name == "fpn-resnet18":
+        return SmpTask(config, "FPN-ResNet-18", smp_builder("FPN", "resnet18"))
+    if name == "fpn-coat":
+        return SmpTask(config, f"FPN-{config.model}", smp_builder("FPN", config.model))
+    raise SystemExit(f"unknown peer {name}; choose upernet-coat, fpn-resnet18 or fpn-coat")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--output", default="runs/segment-peers")
+    parser.add_argument("--peers", nargs="+", default=["upernet-coat", "fpn-resnet18"])
+    parser.add_argument("--model", default="coat_lite_tiny")
+    parser.add_argument("--recipe", default="small")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args, extra = parser.parse_known_args()
+    rows = []
+    print("| network | best mIoU | final mIoU | final pixel acc | params (M) | s/epoch |\n|---|---|---|---|---|---|")
+    for name in args.peers:
+        cli = {"data": args.data, "model": args.model, "recipe": args.recipe, "epochs": args.epochs, "lr": args.lr}
+        cli.update(parse_extra(extra))
+        config = resolve({**cli, "output": str(Path(args.output) / name)})
+        task = train_peer(name, config)
+        start = time.perf_counter()
+        summary = run(task)
+        seconds = time.perf_counter() - start
+        lines = (Path(config.output) / "metrics.jsonl").read_text().splitlines()
+        final = json.loads(lines[-1])
+        params = sum(p.numel() for p in task.build_model().parameters()) / 1e6
+        row = {
+            "network": name,
+            "best_miou": summary["best_miou"],
+            "final_miou": final["val_miou"],
+            "final_pixel_accuracy": final["val_pixel_accuracy"],
+            "params_m": params,
+            "seconds_per_epoch": seconds / config.epochs,
+            "config": {"recipe": config.recipe, "epochs": config.epochs, "lr": config.lr, "model": config.model},
+        }
+        rows.append(row)
+        print(
+            f"| {name} | {row['best_miou']:.1f} | {row['final_miou']:.1f} | "
+            f"{row['final_pixel_accuracy']:.1f} | {params:.1f} | {row['seconds_per_epoch']:.0f} |",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"data": args.data, "results": rows}, indent=2) + "\n")
+
+
+def parse_extra(extra: list[str]) -> dict[str, object]:
+    """``--name value`` pairs after ``--`` into SegmentConfig fields (numbers parsed; several values a tuple)."""
+    values: dict[str, object] = {}
+    key = None
+    for token in extra:
+        if token == "--":
+            continue
+        if token.startswith("--"):
+            key = token[2:].replace("-", "_")
+            values[key] = []
+            continue
+        values[key].append(json.loads(token) if token[0].isdigit() or token[0] == "-" else token)
+    return {k: (v[0] if len(v) == 1 else tuple(v) if v else True) for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    main()
