@@ -84,3 +84,44 @@ def test_fasterrcnn_few_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_aligned_pooler_pools_each_box_from_mmdetections_level_with_aligned_roi_align():
+    from torchvision.ops import roi_align
+    from torchvision.ops.poolers import LevelMapper
+
+    from coat.detection.poolers import AlignedMultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    strides = (4, 8, 16, 32)
+    features = {str(i): torch.randn(2, 3, 640 // s, 640 // s) for i, s in enumerate(strides)}
+    # sides 40, 150, 300, 600 and 2000: levels 0, 1, 2, 3 and 3 (clamped)
+    first = torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 150.0, 150.0], [5.5, 7.25, 305.5, 307.25]])
+    second = torch.tensor([[20.0, 20.0, 620.0, 620.0], [0.0, 0.0, 1000.0, 4000.0]])
+    pooler = AlignedMultiScaleRoIAlign(list(features), 7)
+    pooled = pooler(features, [first, second], [(640, 640), (600, 640)])
+    assert pooled.shape == (5, 3, 7, 7)
+    boxes, images = torch.cat([first, second]), [0, 0, 0, 1, 1]
+    assert pooler.levels(boxes).tolist() == [0, 1, 2, 3, 3]
+    assert torch.equal(pooler.levels(boxes), LevelMapper(2, 5)([boxes]))  # torchvision's FPN rule agrees
+    for k, (level, image) in enumerate(zip([0, 1, 2, 3, 3], images, strict=True)):
+        roi = torch.cat([torch.tensor([[float(image)]]), boxes[k : k + 1]], dim=1)
+        expected = roi_align(features[str(level)], roi, 7, 1 / strides[level], sampling_ratio=0, aligned=True)
+        assert torch.allclose(pooled[k : k + 1], expected, atol=1e-6)
+        unaligned = roi_align(features[str(level)], roi, 7, 1 / strides[level], sampling_ratio=0, aligned=False)
+        assert not torch.allclose(pooled[k : k + 1], unaligned, atol=1e-3)  # the half-pixel shift matters
+
+
+def test_rcnn_with_aligned_pooling_trains():
+    from coat.detection.poolers import AlignedMultiScaleRoIAlign
+
+    model = maskrcnn_coat("coat_lite_tiny", num_classes=3, aligned_roi_pool=True, min_size=96, max_size=96)
+    assert isinstance(model.roi_heads.box_roi_pool, AlignedMultiScaleRoIAlign)
+    assert model.roi_heads.mask_roi_pool.output_size == (14, 14)
+    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    masks[0, 20:60, 30:70] = 1
+    target = {"boxes": torch.tensor([[30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([1]), "masks": masks}
+    losses = model([torch.rand(3, 96, 96)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.body.body.stages[0].patch_embed.proj.weight.grad.abs().sum() > 0

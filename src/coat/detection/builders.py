@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from .backbone import coat_fpn_backbone
+from .poolers import AlignedMultiScaleRoIAlign
 
 # Drop-path of the authors' Mask R-CNN configurations.
 DETECTION_DROP_PATH = {"coat_lite_mini": 0.1, "coat_lite_small": 0.2, "coat_mini": 0.1, "coat_small": 0.2}
@@ -35,21 +36,29 @@ def rcnn_coat(
     drop_path_rate: float | None = None,
     frozen_stages: int = 0,
     frozen_norms: bool = False,
+    aligned_roi_pool: bool = False,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
     """A torchvision R-CNN (``FasterRCNN`` or its subclass ``MaskRCNN``) on CoaT + FPN with the authors' sizes.
 
     ``num_classes`` counts the background class; ``backbone_weights``: classification weights of the variant
     (a released weights name, any checkpoint the library reads); ``drop_path_rate``: default per variant, as in
-    the authors' configs; ``frozen_stages`` / ``frozen_norms``: ``coat_fpn_backbone``'s; ``detector_kwargs`` go
-    to torchvision's detector (``min_size``, ``max_size``, thresholds, ...).
+    the authors' configs; ``frozen_stages`` / ``frozen_norms``: ``coat_fpn_backbone``'s; ``aligned_roi_pool``:
+    pool RoIs as mmdetection does (``coat.detection.poolers``: half-pixel aligned, adaptive sampling), as the
+    authors' released detectors were trained; ``detector_kwargs`` go to torchvision's detector (``min_size``,
+    ``max_size``, thresholds, ...).
     """
     rate = DETECTION_DROP_PATH.get(variant, 0.1) if drop_path_rate is None else drop_path_rate
     backbone = coat_fpn_backbone(
         variant, backbone_weights, frozen_stages=frozen_stages, frozen_norms=frozen_norms, drop_path_rate=rate
     )
-    sizes = {"min_size": TRAIN_SHORT_SIDES, "max_size": MAX_SIDE}
-    return detector(backbone, num_classes=num_classes, **{**sizes, **detector_kwargs})
+    defaults: dict[str, Any] = {"min_size": TRAIN_SHORT_SIDES, "max_size": MAX_SIDE}
+    if aligned_roi_pool:
+        levels = ["0", "1", "2", "3"]  # FPN levels at strides 4-32, as torchvision's own poolers use
+        defaults["box_roi_pool"] = AlignedMultiScaleRoIAlign(levels, 7)
+        if issubclass(detector, MaskRCNN):
+            defaults["mask_roi_pool"] = AlignedMultiScaleRoIAlign(levels, 14)
+    return detector(backbone, num_classes=num_classes, **{**defaults, **detector_kwargs})
 
 
 def maskrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> MaskRCNN:
