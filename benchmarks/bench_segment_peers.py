@@ -10,27 +10,32 @@ Peers:
     python benchmarks/bench_segment_peers.py --data data/camvid --output runs/peers-camvid --json camvid.json
     python benchmarks/bench_segment_peers.py --data data/human --peers upernet-coat fpn-resnet18 --lr 2e-3
 
-Any ``coat segment train`` option after ``--`` applies to every peer (e.g. ``-- --input-size 192``). Prints one
-markdown row per peer: best and final mIoU, final pixel accuracy, parameters, seconds per epoch.
+Any ``coat segment train`` option after ``--`` applies to every peer (e.g. ``-- --input-size 192``;
+``-- --resume auto`` re-scores finished runs). ``--test-data DIR`` also scores each peer's best checkpoint on a
+held-out folder. Prints one markdown row per peer: best and final validation mIoU, final pixel accuracy, test
+mIoU, parameters, seconds per epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from torch.utils.data import DataLoader
 
-from coat.checkpoint import save_model_state
+from coat.checkpoint import load_state_into, save_model_state
 from coat.segmentation.config import resolve
-from coat.segmentation.data import IGNORE_INDEX
-from coat.segmentation.task import SegmentationTask
+from coat.segmentation.data import IGNORE_INDEX, read_split
+from coat.segmentation.dataset import SegmentationSet, eval_transform
+from coat.segmentation.evaluate import evaluate_segmenter
+from coat.segmentation.task import SegmentationTask, collate_segmentation
 from coat.train.loop import run
 
 SMP_STRIDE = 32  # smp's FPN needs sides divisible by its encoder's output stride
@@ -91,6 +96,18 @@ def train_peer(name: str, config) -> SegmentationTask:
     raise SystemExit(f"unknown peer {name}; choose upernet-coat, fpn-resnet18 or fpn-coat")
 
 
+def held_out_miou(task: SegmentationTask, test_data: str) -> float:
+    """mIoU of the run's best checkpoint on ``test_data``, evaluated as the validation during training."""
+    model = task.build_model()
+    load_state_into(model, load_file(Path(task.config.output) / "best.safetensors"))
+    split = read_split(test_data, "train", task.spec.class_names)
+    test_set = SegmentationSet(split, eval_transform(task.config.base_scale), rescale_mask=False)
+    loader = DataLoader(test_set, batch_size=1, collate_fn=collate_segmentation)
+    config = task.config
+    options = {"mode": config.eval_mode, "window": config.input_size, "stride": config.eval_stride}
+    return evaluate_segmenter(model, loader, torch.device("cpu"), task.spec.class_names, **options)["miou"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -100,18 +117,20 @@ def main() -> None:
     parser.add_argument("--recipe", default="small")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--test-data", help="a held-out folder to score each peer's best checkpoint on")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args, extra = parser.parse_known_args()
     rows = []
-    print("| network | best mIoU | final mIoU | final pixel acc | params (M) | s/epoch |\n|---|---|---|---|---|---|")
+    print(
+        "| network | best val mIoU | final val mIoU | final pixel acc | test mIoU | params (M) | s/epoch |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name in args.peers:
         cli = {"data": args.data, "model": args.model, "recipe": args.recipe, "epochs": args.epochs, "lr": args.lr}
         cli.update(parse_extra(extra))
         config = resolve({**cli, "output": str(Path(args.output) / name)})
         task = train_peer(name, config)
-        start = time.perf_counter()
         summary = run(task)
-        seconds = time.perf_counter() - start
         lines = (Path(config.output) / "metrics.jsonl").read_text().splitlines()
         final = json.loads(lines[-1])
         params = sum(p.numel() for p in task.build_model().parameters()) / 1e6
@@ -120,14 +139,16 @@ def main() -> None:
             "best_miou": summary["best_miou"],
             "final_miou": final["val_miou"],
             "final_pixel_accuracy": final["val_pixel_accuracy"],
+            "test_miou": held_out_miou(task, args.test_data) if args.test_data else None,
             "params_m": params,
-            "seconds_per_epoch": seconds / config.epochs,
+            "seconds_per_epoch": sum(json.loads(line)["epoch_seconds"] for line in lines) / len(lines),
             "config": {"recipe": config.recipe, "epochs": config.epochs, "lr": config.lr, "model": config.model},
         }
         rows.append(row)
+        test = "-" if row["test_miou"] is None else f"{row['test_miou']:.1f}"
         print(
-            f"| {name} | {row['best_miou']:.1f} | {row['final_miou']:.1f} | "
-            f"{row['final_pixel_accuracy']:.1f} | {params:.1f} | {row['seconds_per_epoch']:.0f} |",
+            f"| {name} | {row['best_miou']:.1f} | {row['final_miou']:.1f} | {row['final_pixel_accuracy']:.1f} | "
+            f"{test} | {params:.1f} | {row['seconds_per_epoch']:.0f} |",
             flush=True,
         )
     if args.json:
