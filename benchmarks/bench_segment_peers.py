@@ -10,10 +10,10 @@ Peers:
     python benchmarks/bench_segment_peers.py --data data/camvid --output runs/peers-camvid --json camvid.json
     python benchmarks/bench_segment_peers.py --data data/human --peers upernet-coat fpn-resnet18 --lr 2e-3
 
-Any ``coat segment train`` option after ``--`` applies to every peer (e.g. ``-- --input-size 192``;
-``-- --resume auto`` re-scores finished runs). ``--test-data DIR`` also scores each peer's best checkpoint on a
-held-out folder. Prints one markdown row per peer: best and final validation mIoU, final pixel accuracy, test
-mIoU, parameters, seconds per epoch.
+Every ``coat segment train`` option applies to every peer (the recipe defaults to ``small``; ``--resume auto``
+re-scores finished runs); each peer trains in ``--output``/NAME. ``--test-data DIR`` also scores each peer's best
+checkpoint on a held-out folder. Prints one markdown row per peer: best and final validation mIoU, final pixel
+accuracy, test mIoU, parameters, seconds per epoch.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from coat.checkpoint import load_state_into, save_model_state
-from coat.segmentation.config import resolve
+from coat.commands.config_flags import add_config_flags, given_flags
+from coat.segmentation.config import SegmentConfig, resolve
 from coat.segmentation.data import IGNORE_INDEX, read_split
-from coat.segmentation.dataset import SegmentationSet, eval_transform
+from coat.segmentation.dataset import SegmentationSet
 from coat.segmentation.evaluate import evaluate_segmenter
 from coat.segmentation.task import SegmentationTask, collate_segmentation
 from coat.train.loop import run
@@ -101,8 +102,9 @@ def held_out_miou(task: SegmentationTask, test_data: str) -> float:
     model = task.build_model()
     load_state_into(model, load_file(Path(task.config.output) / "best.safetensors"))
     split = read_split(test_data, "train", task.spec.class_names)
-    test_set = SegmentationSet(split, eval_transform(task.config.base_scale), rescale_mask=False)
-    loader = DataLoader(test_set, batch_size=1, collate_fn=collate_segmentation)
+    loader = DataLoader(
+        SegmentationSet.for_evaluation(split, task.config.base_scale), batch_size=1, collate_fn=collate_segmentation
+    )
     config = task.config
     options = {"mode": config.eval_mode, "window": config.input_size, "stride": config.eval_stride}
     return evaluate_segmenter(model, loader, torch.device("cpu"), task.spec.class_names, **options)["miou"]
@@ -110,25 +112,20 @@ def held_out_miou(task: SegmentationTask, test_data: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--output", default="runs/segment-peers")
+    add_config_flags(parser, SegmentConfig, {})  # coat segment train's options
+    parser.set_defaults(recipe="small", output="runs/segment-peers")
     parser.add_argument("--peers", nargs="+", default=["upernet-coat", "fpn-resnet18"])
-    parser.add_argument("--model", default="coat_lite_tiny")
-    parser.add_argument("--recipe", default="small")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--lr", type=float)
     parser.add_argument("--test-data", help="a held-out folder to score each peer's best checkpoint on")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args, extra = parser.parse_known_args()
+    args = parser.parse_args()
     rows = []
     print(
         "| network | best val mIoU | final val mIoU | final pixel acc | test mIoU | params (M) | s/epoch |\n"
         "|---|---|---|---|---|---|---|"
     )
     for name in args.peers:
-        cli = {"data": args.data, "model": args.model, "recipe": args.recipe, "epochs": args.epochs, "lr": args.lr}
-        cli.update(parse_extra(extra))
-        config = resolve({**cli, "output": str(Path(args.output) / name)})
+        given = given_flags(args, SegmentConfig)
+        config = resolve({**given, "output": str(Path(args.output) / name)}, args.config)
         task = train_peer(name, config)
         summary = run(task)
         lines = (Path(config.output) / "metrics.jsonl").read_text().splitlines()
@@ -153,21 +150,6 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps({"data": args.data, "results": rows}, indent=2) + "\n")
-
-
-def parse_extra(extra: list[str]) -> dict[str, object]:
-    """``--name value`` pairs after ``--`` into SegmentConfig fields (numbers parsed; several values a tuple)."""
-    values: dict[str, object] = {}
-    key = None
-    for token in extra:
-        if token == "--":
-            continue
-        if token.startswith("--"):
-            key = token[2:].replace("-", "_")
-            values[key] = []
-            continue
-        values[key].append(json.loads(token) if token[0].isdigit() or token[0] == "-" else token)
-    return {k: (v[0] if len(v) == 1 else tuple(v) if v else True) for k, v in values.items()}
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_peers_train_and_score_on_the_same_data(tmp_path, capsys, monkeypatch):
     assert coat_main(["segment", "make-shapes", str(data), "--train-images", "8", "--val-images", "4"]) == 0
     argv = ["bench", "--data", str(data), "--output", str(tmp_path / "runs"), "--epochs", "1"]
     argv += ["--peers", "upernet-coat", "fpn-resnet18", "--test-data", str(data), "--json", str(tmp_path / "r.json")]
-    argv += ["--", "--input-size", "64", "--base-scale", "96", "64", "--batch-size", "4"]
+    argv += ["--input-size", "64", "--base-scale", "96", "64", "--batch-size", "4"]
     monkeypatch.setattr(sys, "argv", argv)
     capsys.readouterr()
     load("bench_segment_peers").main()

@@ -114,6 +114,11 @@ class SegmentationSet(Dataset):
     def __init__(self, split: SegmentationSplit, transform: v2.Compose, rescale_mask: bool = True) -> None:
         self.split, self.transform, self.rescale_mask = split, transform, rescale_mask
 
+    @classmethod
+    def for_evaluation(cls, split: SegmentationSplit, base_scale: tuple[int, int]) -> SegmentationSet:
+        """Images rescaled to ``base_scale``, masks at their own size (metrics are taken there)."""
+        return cls(split, eval_transform(base_scale), rescale_mask=False)
+
     def __len__(self) -> int:
         return len(self.split.pairs)
 

@@ -89,7 +89,7 @@ def evaluate_segmenter_checkpoint(
             "on data with the training classes"
         )
     target = pick_device(device)
-    dataset = SegmentationSet(split, eval_transform(spec.base_scale), rescale_mask=False)
+    dataset = SegmentationSet.for_evaluation(split, spec.base_scale)
     loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_segmentation)
     window = spec.input_size
     metrics = evaluate_segmenter(

@@ -22,7 +22,7 @@ from ..train.loop import Runtime, run
 from ..train.optim import warmup_poly
 from .config import SegmentConfig
 from .data import SegmentationSplit, read_split
-from .dataset import SegmentationSet, eval_transform, train_transform
+from .dataset import SegmentationSet, train_transform
 from .evaluate import evaluate_segmenter
 from .weights import SegmenterSpec, save_segmenter
 
@@ -77,7 +77,7 @@ class SegmentationTask:
             config.input_size, config.base_scale, scale_range, config.hflip, config.photometric, config.cat_max_ratio
         )
         train_set = SegmentationSet(train, augment)
-        val_set = SegmentationSet(val, eval_transform(config.base_scale), rescale_mask=False)
+        val_set = SegmentationSet.for_evaluation(val, config.base_scale)
         # One image per forward in evaluation: images differ in size, and metrics are taken at each mask's own.
         return run_loaders(train_set, val_set, info, config, collate_segmentation, val_batch_size=1)
 
