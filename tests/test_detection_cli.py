@@ -180,6 +180,27 @@ def test_deformable_detr_trains_resumes_evaluates_and_predicts(trained_detr, coc
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
 
 
+@pytest.mark.slow
+def test_cascade_mask_rcnn_trains_resumes_evaluates_and_predicts(coco_set, tmp_path):
+    out = tmp_path / "cascade"
+    run = ["detect", "train", *coco_set, *TINY, "--detector", "cascade-mask", "--output", str(out)]
+    assert main([*run, "--epochs", "1"]) == 0
+    assert main([*run, "--epochs", "2", "--resume", "auto"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "val_mask_ap" in records[0]
+    model, spec = load_detector(out / "best.safetensors")
+    assert spec.detector == "cascade-mask" and len(model.roi_heads.stages) == 3
+    val_images, val_annotations = coco_set[5], coco_set[7]
+    evaluation = ["detect", "eval", "--checkpoint", str(out / "best.safetensors"), "--workers", "0"]
+    assert main([*evaluation, "--images", val_images, "--annotations", val_annotations, "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["box_ap"] == pytest.approx(max(r["val_box_ap"] for r in records), abs=1e-6)
+    assert "mask_ap" in results
+    predict = ["detect", "predict", val_images, "--checkpoint", str(out / "best.safetensors")]
+    assert main([*predict, "--output", str(tmp_path / "pred"), "--score-threshold", "0.0"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+
+
 def test_make_shapes_prints_the_training_command(tmp_path, capsys):
     assert main(["detect", "make-shapes", str(tmp_path / "s"), "--train-images", "3", "--val-images", "2"]) == 0
     out = capsys.readouterr().out
@@ -192,7 +213,8 @@ def test_make_shapes_prints_the_training_command(tmp_path, capsys):
     "bad, message",
     [
         ([], "--train-images, --train-annotations, --val-images, --val-annotations required"),
-        (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn, deformable-detr"),
+        (["--detector", "yolo"], "--detector must be one of maskrcnn, fasterrcnn, cascade-mask, cascade, deformable"),
+        (["--detector", "deformable-detr", "--recipe", "coco-3x"], "the coco-3x recipe has no values for --detector"),
         (["--detector", "deformable-detr", "--frozen-stages", "1"], "--frozen-stages do(es) not apply"),
         (["--recipe", "lvis"], "unknown recipe 'lvis'"),
     ],
@@ -214,8 +236,10 @@ def test_bad_data_is_a_one_line_error(coco_set, tmp_path, capsys):
     assert "is not valid JSON" in err and str(broken) in err and len(err.splitlines()) == 1
 
 
-def test_fasterrcnn_needs_no_masks(coco_set, tmp_path):
-    """Box-only annotations train Faster R-CNN (and Mask R-CNN refuses them with the fix)."""
+@pytest.mark.parametrize("box_detector", ["fasterrcnn", "cascade"])
+def test_box_detectors_need_no_masks(box_detector, coco_set, tmp_path, capsys):
+    """Box-only annotations train Faster R-CNN and Cascade R-CNN (and the mask detectors refuse them with the
+    fix)."""
     data = list(coco_set)
     boxes_only = tmp_path / "boxes.json"
     content = json.loads(Path(data[3]).read_text())
@@ -223,36 +247,25 @@ def test_fasterrcnn_needs_no_masks(coco_set, tmp_path):
         annotation.pop("segmentation")
     boxes_only.write_text(json.dumps(content))
     data[3] = str(boxes_only)
-    assert main(["detect", "train", *data, *TINY, "--output", str(tmp_path / "m"), "--epochs", "1"]) == 2
-    assert (
-        main(
-            [
-                "detect",
-                "train",
-                *data,
-                *TINY,
-                "--output",
-                str(tmp_path / "f"),
-                "--epochs",
-                "1",
-                "--detector",
-                "fasterrcnn",
-            ]
-        )
-        == 0
-    )
+    mask_detector = {"fasterrcnn": "maskrcnn", "cascade": "cascade-mask"}[box_detector]
+    run = ["detect", "train", *data, *TINY, "--epochs", "1", "--detector"]
+    assert main([*run, mask_detector, "--output", str(tmp_path / "m")]) == 2
+    assert "needs masks: add them or pass a box-only --detector (fasterrcnn, cascade" in capsys.readouterr().err
+    assert main([*run, box_detector, "--output", str(tmp_path / "f")]) == 0
     assert "final_mask_ap" not in json.loads((tmp_path / "f" / "summary.json").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("detector", [[], DETR], ids=["maskrcnn", "deformable-detr"])
+@pytest.mark.parametrize(
+    "detector", [[], DETR, ["--detector", "cascade-mask"]], ids=["maskrcnn", "deformable-detr", "cascade-mask"]
+)
 def test_detect_train_under_torchrun_two_processes(detector, coco_set, tmp_path):
     """Each process evaluates half the images; the gathered COCO metrics equal a one-process evaluation."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            *torchrun_two_processes(29519 if not detector else 29521),
+            *torchrun_two_processes({0: 29519, 4: 29521, 2: 29524}[len(detector)]),
             "-m",
             "coat.cli",
             "detect",

@@ -14,11 +14,14 @@ _HELP = {
     "train_annotations": "COCO instances JSON of the training images",
     "val_images": "folder of the validation images",
     "val_annotations": "COCO instances JSON of the validation images",
-    "recipe": "coco (the authors' recipe for the detector) or shapes (the generated set, CPU-sized)",
-    "detector": "maskrcnn (boxes + masks), fasterrcnn (boxes) or deformable-detr (boxes; the hf extra)",
+    "recipe": "coco (the authors' 1x recipe for the detector), coco-3x (their 3x schedule of the R-CNNs) or shapes "
+    "(the generated set, CPU-sized)",
+    "detector": "maskrcnn (boxes + masks), fasterrcnn (boxes), cascade-mask (Cascade Mask R-CNN: boxes + masks), "
+    "cascade (Cascade R-CNN: boxes) or deformable-detr (boxes; the hf extra)",
     "backbone_lr_scale": "lr multiplier of CoaT's parameters",
     "sampling_lr_scale": "lr multiplier of Deformable DETR's sampling offsets and reference points",
-    "random_crop": "probability of DETR's resize-and-crop augmentation (Deformable DETR)",
+    "random_crop": "probability of DETR's resize-and-crop augmentation (the coco recipes: 0.5 for Deformable DETR "
+    "and the cascades)",
     "num_queries": "Deformable DETR's object queries",
     "transformer_layers": "Deformable DETR's encoder layers and decoder layers (each)",
     "lr_steps": "epochs after which the lr drops 10x",

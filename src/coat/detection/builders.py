@@ -1,5 +1,5 @@
-"""Mask R-CNN / Faster R-CNN with a CoaT + FPN backbone and the authors' detection defaults, and the detectors
-``coat detect`` trains (``DETECTORS``).
+"""Mask R-CNN / Faster R-CNN / Cascade (Mask) R-CNN with a CoaT + FPN backbone and the authors' detection defaults,
+and the detectors ``coat detect`` trains (``DETECTORS``).
 
 Defaults follow the authors' Mask R-CNN setup: multi-scale training with the short side in
 480-800 (max side 1333; torchvision picks one per image in training, tests at 800) and drop-path
@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 from .backbone import coat_fpn_backbone
+from .cascade import CascadeMaskRCNN, CascadeRCNN
 from .poolers import AlignedMultiScaleRoIAlign
 
 # Drop-path of the authors' Mask R-CNN configurations.
@@ -26,6 +27,7 @@ TRAIN_SHORT_SIDES = tuple(range(480, 801, 32))  # multi-scale training
 MAX_SIDE = 1333
 # Deformable DETR's sampling offsets and reference points, trained at a tenth of the lr by the authors.
 SAMPLING_PARAMETERS = r"\.(sampling_offsets|reference_points)\."
+MASK_DETECTORS = (MaskRCNN, CascadeMaskRCNN)
 
 
 def rcnn_coat(
@@ -39,7 +41,8 @@ def rcnn_coat(
     aligned_roi_pool: bool = False,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
-    """A torchvision R-CNN (``FasterRCNN`` or its subclass ``MaskRCNN``) on CoaT + FPN with the authors' sizes.
+    """An R-CNN (torchvision's ``FasterRCNN`` or one of its subclasses: ``MaskRCNN``, ``CascadeRCNN``,
+    ``CascadeMaskRCNN``) on CoaT + FPN with the authors' sizes.
 
     ``num_classes`` counts the background class; ``backbone_weights``: classification weights of the variant
     (a released weights name, any checkpoint the library reads); ``drop_path_rate``: default per variant, as in
@@ -56,7 +59,7 @@ def rcnn_coat(
     if aligned_roi_pool:
         levels = ["0", "1", "2", "3"]  # FPN levels at strides 4-32, as torchvision's own poolers use
         defaults["box_roi_pool"] = AlignedMultiScaleRoIAlign(levels, 7)
-        if issubclass(detector, MaskRCNN):
+        if issubclass(detector, MASK_DETECTORS):
             defaults["mask_roi_pool"] = AlignedMultiScaleRoIAlign(levels, 14)
     return detector(backbone, num_classes=num_classes, **{**defaults, **detector_kwargs})
 
@@ -69,6 +72,21 @@ def maskrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> MaskRC
 def fasterrcnn_coat(variant: str, num_classes: int = 91, **options: Any) -> FasterRCNN:
     """torchvision Faster R-CNN on CoaT + FPN; ``options`` as ``rcnn_coat``'s."""
     return rcnn_coat(FasterRCNN, variant, num_classes, **options)
+
+
+def cascade_maskrcnn_coat(
+    variant: str, num_classes: int = 91, aligned_roi_pool: bool = True, **options: Any
+) -> CascadeMaskRCNN:
+    """Cascade Mask R-CNN on CoaT + FPN with the authors' cascade (``coat.detection.cascade``); RoIs pooled as
+    mmdetection pools them unless ``aligned_roi_pool=False``; ``options`` as ``rcnn_coat``'s."""
+    return rcnn_coat(CascadeMaskRCNN, variant, num_classes, aligned_roi_pool=aligned_roi_pool, **options)
+
+
+def cascade_rcnn_coat(
+    variant: str, num_classes: int = 91, aligned_roi_pool: bool = True, **options: Any
+) -> CascadeRCNN:
+    """Cascade R-CNN (boxes only) on CoaT + FPN; options as ``cascade_maskrcnn_coat``'s."""
+    return rcnn_coat(CascadeRCNN, variant, num_classes, aligned_roi_pool=aligned_roi_pool, **options)
 
 
 def deformable_detr_detector(variant: str, num_classes: int, **options: Any) -> nn.Module:
@@ -94,5 +112,7 @@ class DetectorKind:
 DETECTORS = {
     "maskrcnn": DetectorKind(maskrcnn_coat, masks=True, family="rcnn"),
     "fasterrcnn": DetectorKind(fasterrcnn_coat, masks=False, family="rcnn"),
+    "cascade-mask": DetectorKind(cascade_maskrcnn_coat, masks=True, family="rcnn"),
+    "cascade": DetectorKind(cascade_rcnn_coat, masks=False, family="rcnn"),
     "deformable-detr": DetectorKind(deformable_detr_detector, masks=False, family="detr"),
 }

@@ -1,12 +1,15 @@
 """``coat detect train`` options: the shared run options plus COCO paths, the detector and its schedule.
 
-Recipes, each with values per detector family (``DETECTORS[...].family``):
+Recipes, each with values per detector family (``DETECTORS[...].family``), then per detector where one differs from
+its family:
 - ``coco``: the authors' COCO recipes. R-CNNs: their Mask R-CNN 1x (AdamW lr 1e-4, weight decay 0.05, 12 epochs
   with lr x0.1 after epochs 8 and 11, 500-iteration linear warm-up, short side 480-800 / max 1333, flip, total
-  batch 16). Deformable DETR: AdamW lr 2e-4 (CoaT's parameters and the sampling offsets / reference points
-  x0.1), weight decay 1e-4, 50 epochs with lr x0.1 after 40, no warm-up, gradient clipping 0.1, total batch
-  16, DETR's augmentation (flip; short side 480-800 / max 1333, before which half of the images are resized
-  to a short side of 400/500/600 and cropped to a random 384-600 square-ish window).
+  batch 16); their Cascade Mask R-CNN 1x adds DETR's augmentation (below) to half of the images. Deformable
+  DETR: AdamW lr 2e-4 (CoaT's parameters and the sampling offsets / reference points x0.1), weight decay 1e-4,
+  50 epochs with lr x0.1 after 40, no warm-up, gradient clipping 0.1, total batch 16, DETR's augmentation (flip;
+  short side 480-800 / max 1333, before which half of the images are resized to a short side of 400/500/600 and
+  cropped to a random 384-600 square-ish window).
+- ``coco-3x``: the authors' 3x schedule of the R-CNNs: as ``coco`` over 36 epochs, lr x0.1 after 27 and 33.
 - ``shapes``: the generated shapes set (``coat detect make-shapes``) on a CPU, from scratch.
 Precedence as for ``coat train``: defaults < recipe < ``--config`` YAML < flags.
 """
@@ -46,7 +49,7 @@ class DetectConfig(RunConfig):
     frozen_norms: bool = False  # R-CNNs
     backbone_lr_scale: float = 1.0  # lr multiplier of CoaT's parameters
     sampling_lr_scale: float = 1.0  # lr multiplier of Deformable DETR's sampling offsets and reference points
-    random_crop: float = 0.0  # probability of DETR's resize-and-crop augmentation
+    random_crop: float = 0.0  # probability of DETR's resize-and-crop augmentation (Deformable DETR, cascades)
     num_queries: int = 300  # Deformable DETR's object queries
     transformer_layers: int = 6  # Deformable DETR's encoder layers and decoder layers (each)
     workers: int = 4
@@ -55,12 +58,15 @@ class DetectConfig(RunConfig):
 # Options that only one family of detectors takes; given for the other, they are refused.
 FAMILY_OPTIONS = {
     "rcnn": ("box_batch_size_per_image", "rpn_post_nms_top_n_train", "frozen_stages", "frozen_norms"),
-    "detr": ("sampling_lr_scale", "random_crop", "num_queries", "transformer_layers"),
+    "detr": ("sampling_lr_scale", "num_queries", "transformer_layers"),
 }
 _SHAPES_DATA = {"min_sizes": (128, 144, 160), "max_size": 256, "amp": False, "workers": 0, "drop_path": 0.0}
+_CASCADE_AUGMENTATION = {"random_crop": 0.5}  # the authors' cascade configs: DETR's resize-and-crop for half
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "coco": {
         "rcnn": {},
+        "cascade-mask": _CASCADE_AUGMENTATION,
+        "cascade": _CASCADE_AUGMENTATION,
         "detr": {
             "epochs": 50,
             "lr": 2e-4,
@@ -72,6 +78,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "sampling_lr_scale": 0.1,
             "random_crop": 0.5,
         },
+    },
+    "coco-3x": {
+        "rcnn": {"epochs": 36, "lr_steps": (27, 33)},
+        "cascade-mask": _CASCADE_AUGMENTATION,
+        "cascade": _CASCADE_AUGMENTATION,
     },
     # Images of 128-160 px with 1-4 large shapes, from scratch on 2 CPU cores. R-CNNs: about 40 minutes for 300
     # images.
@@ -115,6 +126,8 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
     if detector not in DETECTORS:
         raise UsageError(f"--detector must be one of {', '.join(DETECTORS)}")
     family = DETECTORS[detector].family
+    if family not in RECIPES[recipe]:
+        raise UsageError(f"the {recipe} recipe has no values for --detector {detector}; choose another recipe")
     if family == "detr":
         require("hf")  # transformers' Deformable DETR: say so before any data is read
     foreign = [
@@ -129,6 +142,7 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
     values: dict[str, Any] = {
         "drop_path": DETECTION_DROP_PATH.get(model, 0.1),
         **RECIPES[recipe][family],
+        **RECIPES[recipe].get(detector, {}),
         **given,
         "recipe": recipe,
     }

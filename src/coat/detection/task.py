@@ -64,8 +64,8 @@ class DetectionTask:
         val = read_coco(config.val_annotations, config.val_images, config.skip_corrupt)
         if self.with_masks and not train.has_masks:
             raise DataError(
-                f"{config.train_annotations} has annotations without segmentation; Mask R-CNN needs "
-                "masks: add them or pass --detector fasterrcnn or deformable-detr"
+                f"{config.train_annotations} has annotations without segmentation; --detector {config.detector} "
+                "needs masks: add them or pass a box-only --detector (fasterrcnn, cascade or deformable-detr)"
             )
         if val.category_ids != train.category_ids:
             raise DataError(
