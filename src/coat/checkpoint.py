@@ -88,14 +88,14 @@ def _read(path: str | os.PathLike) -> Checkpoint:
         return _read_hub_folder(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
-    if _is_safetensors(path):
+    if is_safetensors(path):
         tensors, metadata = read_safetensors(path)
     else:
-        tensors, metadata = _read_torch_file(path), {}
-    if metadata.get("format") == DETECTOR_FORMAT_NAME:
+        tensors, metadata = read_torch_state(path), {}
+    if metadata.get("format") == DETECTOR_FORMAT_NAME or is_mmdet_detector(tensors):
         raise CheckpointError(
-            f"{path} is a detector checkpoint (coat detect train); use it with `coat detect eval` "
-            "or `coat detect predict`"
+            f"{path} is a detector checkpoint (coat detect train, or the authors' mmdetection detectors); use it "
+            "with `coat detect eval` or `coat detect predict`"
         )
     if metadata.get("format") == SEGMENTER_FORMAT_NAME:
         raise CheckpointError(
@@ -165,7 +165,19 @@ def _read_hub_folder(folder: Path) -> Checkpoint:
     return checkpoint
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_mmdet_detector(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is an mmdetection two-stage detector's (a backbone, an RPN head and RoI heads)."""
+    return any(k.startswith("rpn_head.") for k in state) and any(k.startswith("roi_head.") for k in state)
+
+
+def is_mmdet_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``torch.save`` file of an mmdetection two-stage detector (the authors' detectors)."""
+    path = Path(path)
+    return path.is_file() and not is_safetensors(path) and is_mmdet_detector(read_torch_state(path))
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file (by its suffix or its first bytes)."""
     if path.suffix == ".safetensors":
         return True
     with path.open("rb") as f:
@@ -186,7 +198,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         ) from None
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of tensors in a ``torch.save`` file (at the top level or under ``model`` / ``state_dict`` /
+    ``model_ema``), loaded with ``weights_only=True``; a one-line ``CheckpointError`` otherwise."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on garbage input

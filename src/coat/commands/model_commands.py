@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import is_mmdet_file, read_checkpoint, save_checkpoint
 from ..complexity import variant_summaries
 from ..errors import OutputExistsError
 from ..factory import create_model, infer_variant
@@ -19,8 +19,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)
 
-    convert = subparsers.add_parser("convert", help="turn any readable checkpoint into this library's format")
-    convert.add_argument("src", type=Path, help="authors' .pth, timm .pth/.safetensors, or ours")
+    convert = subparsers.add_parser(
+        "convert",
+        help="turn any readable checkpoint into this library's format (the authors' mmdetection Mask R-CNN / "
+        "Cascade Mask R-CNN files into detector checkpoints)",
+    )
+    convert.add_argument("src", type=Path, help="authors' .pth (classifier or mmdetection detector), timm, or ours")
     convert.add_argument("dst", type=Path, help="output .safetensors file")
     convert.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
@@ -46,6 +50,15 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     if args.dst.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.dst} already exists; pass --overwrite to replace it")
+    if is_mmdet_file(args.src):
+        from ..detection.mmdet_convert import save_converted_detector
+
+        spec = save_converted_detector(args.src, args.dst)
+        print(
+            f"converted {args.src} (mmdetection {spec.detector} on {spec.variant}, {len(spec.class_names)} COCO "
+            f"classes) -> {args.dst}: use it with `coat detect eval` / `coat detect predict`"
+        )
+        return 0
     checkpoint = read_checkpoint(args.src)
     name = args.model or checkpoint.variant or infer_variant(checkpoint.state_dict)
     model = create_model(name, pretrained=checkpoint)

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
+from .anchors import mmdet_anchor_generator
 from .backbone import coat_fpn_backbone
 from .cascade import CascadeMaskRCNN, CascadeRCNN
 from .poolers import AlignedMultiScaleRoIAlign
@@ -39,6 +40,7 @@ def rcnn_coat(
     frozen_stages: int = 0,
     frozen_norms: bool = False,
     aligned_roi_pool: bool = False,
+    mmdet_anchors: bool = False,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
     """An R-CNN (torchvision's ``FasterRCNN`` or one of its subclasses: ``MaskRCNN``, ``CascadeRCNN``,
@@ -48,7 +50,8 @@ def rcnn_coat(
     (a released weights name, any checkpoint the library reads); ``drop_path_rate``: default per variant, as in
     the authors' configs; ``frozen_stages`` / ``frozen_norms``: ``coat_fpn_backbone``'s; ``aligned_roi_pool``:
     pool RoIs as mmdetection does (``coat.detection.poolers``: half-pixel aligned, adaptive sampling), as the
-    authors' released detectors were trained; ``detector_kwargs`` go to torchvision's detector (``min_size``,
+    authors' released detectors were trained; ``mmdet_anchors``: RPN anchors without torchvision's rounding, as
+    mmdetection makes them (``coat.detection.anchors``); ``detector_kwargs`` go to torchvision's detector (``min_size``,
     ``max_size``, thresholds, ...).
     """
     rate = DETECTION_DROP_PATH.get(variant, 0.1) if drop_path_rate is None else drop_path_rate
@@ -56,6 +59,8 @@ def rcnn_coat(
         variant, backbone_weights, frozen_stages=frozen_stages, frozen_norms=frozen_norms, drop_path_rate=rate
     )
     defaults: dict[str, Any] = {"min_size": TRAIN_SHORT_SIDES, "max_size": MAX_SIDE}
+    if mmdet_anchors:
+        defaults["rpn_anchor_generator"] = mmdet_anchor_generator()
     if aligned_roi_pool:
         levels = ["0", "1", "2", "3"]  # FPN levels at strides 4-32, as torchvision's own poolers use
         defaults["box_roi_pool"] = AlignedMultiScaleRoIAlign(levels, 7)

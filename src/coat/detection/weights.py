@@ -17,7 +17,14 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import DETECTOR_FORMAT_NAME, CheckpointError, load_state_into, read_task_checkpoint, save_model_state
+from ..checkpoint import (
+    DETECTOR_FORMAT_NAME,
+    CheckpointError,
+    is_safetensors,
+    load_state_into,
+    read_task_checkpoint,
+    save_model_state,
+)
 from .builders import DETECTORS
 
 
@@ -67,7 +74,12 @@ def save_detector(
 
 
 def load_detector(path: str | os.PathLike) -> tuple[nn.Module, DetectorSpec]:
-    """The detector saved at ``path`` (by ``coat detect train``), in eval mode."""
+    """The detector saved at ``path`` (by ``coat detect train``, ``coat convert``, or one of the authors'
+    mmdetection ``.pth`` files, converted as it is read), in eval mode."""
+    if Path(path).is_file() and not is_safetensors(Path(path)):
+        from .mmdet_convert import convert_mmdet_detector  # it builds DetectorSpecs: imported here, not above
+
+        return convert_mmdet_detector(path)
     state, meta = read_task_checkpoint(path, DETECTOR_FORMAT_NAME, "detector", "coat detect train")
     if meta.get("detector") not in DETECTORS:
         raise CheckpointError(
