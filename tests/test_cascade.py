@@ -17,6 +17,7 @@ from coat.detection.cascade import (
     StageSettings,
     sample_rois,
 )
+from coat.detection.config import resolve
 from coat.detection.poolers import AlignedMultiScaleRoIAlign
 from test_detection import shapes_sample
 
@@ -161,3 +162,14 @@ def test_cascade_rcnn_is_boxes_only_and_refuses_single_stage_options():
         assert set(model([image])[0]) == {"boxes", "labels", "scores"}
     with pytest.raises(TypeError, match="the cascade sets these per stage"):
         cascade_rcnn_coat("coat_lite_tiny", num_classes=3, box_fg_iou_thresh=0.6)
+
+
+def test_recipes_give_the_cascades_the_authors_augmentation_and_3x_schedule():
+    data = dict.fromkeys(("train_images", "train_annotations", "val_images", "val_annotations"), "x")
+    cascade = resolve({**data, "detector": "cascade-mask"})
+    assert (cascade.epochs, cascade.lr_steps, cascade.lr, cascade.random_crop) == (12, (8, 11), 1e-4, 0.5)
+    assert resolve({**data, "detector": "maskrcnn"}).random_crop == 0  # the authors' Mask R-CNN: no crop
+    long = resolve({**data, "detector": "cascade", "recipe": "coco-3x"})
+    assert (long.epochs, long.lr_steps, long.random_crop) == (36, (27, 33), 0.5)
+    assert resolve({**data, "detector": "cascade", "random_crop": 0.0}).random_crop == 0  # flags win
+    assert resolve({**data, "recipe": "coco-3x"}).epochs == 36
