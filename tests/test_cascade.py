@@ -173,3 +173,14 @@ def test_recipes_give_the_cascades_the_authors_augmentation_and_3x_schedule():
     assert (long.epochs, long.lr_steps, long.random_crop) == (36, (27, 33), 0.5)
     assert resolve({**data, "detector": "cascade", "random_crop": 0.0}).random_crop == 0  # flags win
     assert resolve({**data, "recipe": "coco-3x"}).epochs == 36
+
+
+def test_box_outputs_stay_float32_under_autocast():
+    """Decoding bf16 deltas would round box coordinates of a few hundred pixels to 2 px."""
+    stage = constant_stage(AUTHORS_STAGES[0], [0.0, 1.0, 2.0], [[0, 0, 0, 0], [0.3, 0, 0, 0], [0, 0, 0, 0]])
+    with torch.autocast("cpu", torch.bfloat16):
+        logits, deltas = stage(torch.randn(2, CHANNELS, 7, 7))
+        moved = stage.boxes_of_class(deltas, torch.tensor([[301.0, 5.0, 341.0, 45.0]] * 2), torch.tensor([1, 1]))
+    assert logits.dtype == deltas.dtype == torch.float32
+    # 0.3 / 10 of the width 40 (the bias itself is bf16 inside the layer: 0.30078); bf16 boxes would be 302 or 304
+    assert torch.allclose(moved[0], torch.tensor([302.2, 5.0, 342.2, 45.0]), atol=0.01)

@@ -131,8 +131,11 @@ class CascadeStage(nn.Module):
         self.mask_predictor = MaskRCNNPredictor(HEAD_CONVS[-1], HEAD_CONVS[-1], num_classes) if with_masks else None
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[R, C, 7, 7]`` pooled features -> class logits ``[R, K]`` and box deltas ``[R, 4K]``."""
-        return self.box_predictor(self.box_head(pooled))
+        """``[R, C, 7, 7]`` pooled features -> class logits ``[R, K]`` and box deltas ``[R, 4K]``, in float32 also
+        under autocast (torchvision's box coder decodes in the deltas' dtype: bf16 would round coordinates of
+        a few hundred pixels to 2 px; mmdetection forces float32 here too)."""
+        logits, deltas = self.box_predictor(self.box_head(pooled))
+        return logits.float(), deltas.float()
 
     def mask_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """``[R, C, 14, 14]`` pooled features -> mask logits ``[R, K, 28, 28]``."""
