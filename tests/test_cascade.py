@@ -124,7 +124,14 @@ def test_sampling_adds_ground_truth_and_labels_by_the_stage_threshold():
     assert empty.labels[0].tolist() == [0, 0]
 
 
-SMALL = {"min_size": 96, "max_size": 160, "box_batch_size_per_image": 64}
+# few RoIs and detections: the cascade's heads (4 convs per box head, 3 mask heads per detection) dominate on a CPU
+SMALL = {
+    "min_size": 96,
+    "max_size": 160,
+    "box_batch_size_per_image": 16,
+    "rpn_post_nms_top_n_test": 50,
+    "box_detections_per_img": 10,
+}
 
 
 @pytest.mark.parametrize("variant", ["coat_lite_tiny", "coat_tiny"])
@@ -148,7 +155,7 @@ def test_cascade_mask_rcnn_trains_every_stage_and_detects(variant):
     with torch.no_grad():
         detections = model([images[0], torch.rand(3, 97, 211)])
     assert [set(d) for d in detections] == [{"boxes", "labels", "scores", "masks"}] * 2
-    assert detections[1]["masks"].shape[1:] == (1, 97, 211) and len(detections[0]["boxes"]) <= 100
+    assert detections[1]["masks"].shape[1:] == (1, 97, 211) and len(detections[0]["boxes"]) <= 10
     assert all(((d["labels"] >= 1) & (d["labels"] <= 2)).all() and (d["scores"] > 0.05).all() for d in detections)
 
 

@@ -181,9 +181,10 @@ def test_deformable_detr_trains_resumes_evaluates_and_predicts(trained_detr, coc
 
 
 @pytest.mark.slow
-def test_cascade_mask_rcnn_trains_resumes_evaluates_and_predicts(coco_set, tmp_path):
+def test_cascade_mask_rcnn_trains_resumes_and_evaluates(coco_set, tmp_path):
     out = tmp_path / "cascade"
-    run = ["detect", "train", *coco_set, *TINY, "--detector", "cascade-mask", "--output", str(out)]
+    run = ["detect", "train", *coco_set, *TINY, "--detector", "cascade-mask", "--box-batch-size-per-image", "32"]
+    run += ["--output", str(out)]
     assert main([*run, "--epochs", "1"]) == 0
     assert main([*run, "--epochs", "2", "--resume", "auto"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -195,10 +196,7 @@ def test_cascade_mask_rcnn_trains_resumes_evaluates_and_predicts(coco_set, tmp_p
     assert main([*evaluation, "--images", val_images, "--annotations", val_annotations, "--output", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["box_ap"] == pytest.approx(max(r["val_box_ap"] for r in records), abs=1e-6)
-    assert "mask_ap" in results
-    predict = ["detect", "predict", val_images, "--checkpoint", str(out / "best.safetensors")]
-    assert main([*predict, "--output", str(tmp_path / "pred"), "--score-threshold", "0.0"]) == 0
-    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    assert "mask_ap" in results  # (`coat detect predict` takes any detector checkpoint: tested with Mask R-CNN's)
 
 
 def test_make_shapes_prints_the_training_command(tmp_path, capsys):
@@ -248,7 +246,7 @@ def test_box_detectors_need_no_masks(box_detector, coco_set, tmp_path, capsys):
     boxes_only.write_text(json.dumps(content))
     data[3] = str(boxes_only)
     mask_detector = {"fasterrcnn": "maskrcnn", "cascade": "cascade-mask"}[box_detector]
-    run = ["detect", "train", *data, *TINY, "--epochs", "1", "--detector"]
+    run = ["detect", "train", *data, *TINY, "--epochs", "1", "--box-batch-size-per-image", "32", "--detector"]
     assert main([*run, mask_detector, "--output", str(tmp_path / "m")]) == 2
     assert "needs masks: add them or pass a box-only --detector (fasterrcnn, cascade" in capsys.readouterr().err
     assert main([*run, box_detector, "--output", str(tmp_path / "f")]) == 0
