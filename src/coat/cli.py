@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import (
+    data_commands,
     detect_commands,
     model_commands,
     segment_commands,
@@ -26,7 +27,15 @@ from .commands import (
 from .errors import CoatError
 from .extras import require
 
-COMMAND_MODULES = [model_commands, weights_commands, train_commands, use_commands, detect_commands, segment_commands]
+COMMAND_MODULES = [
+    model_commands,
+    weights_commands,
+    train_commands,
+    data_commands,
+    use_commands,
+    detect_commands,
+    segment_commands,
+]
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool that SIGPIPE ended
 
 

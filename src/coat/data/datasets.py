@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -34,15 +35,16 @@ class CorruptImageError(DataError):
     """An image file that cannot be decoded; the message names its path."""
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, or raise ``CorruptImageError`` naming the file."""
+def load_rgb(path: str | Path | IO[bytes], name: str | None = None) -> Image.Image:
+    """Open an image (a file, or a file object that ``name`` describes) as RGB, or raise ``CorruptImageError``
+    naming it."""
     try:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise CorruptImageError(
-            f"cannot read image {path} ({type(err).__name__}); fix or delete it, "
+            f"cannot read image {name or path} ({type(err).__name__}); fix or delete it, "
             "or pass --skip-corrupt to skip such files"
         ) from None
 
@@ -160,9 +162,16 @@ def folder_splits(
 
 
 def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool = False) -> Dataset:
-    """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), or embedded."""
+    """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), the ``val`` shards of
+    ``wds:DIR``, or the embedded held-out digits."""
     if root is None:
         return embedded_splits(None, transform)[1]
+    if str(root).startswith("wds:"):
+        from .shards import ShardStream, read_split, shard_root  # shards import this module
+
+        return ShardStream(
+            read_split(shard_root(str(root)), "val"), transform, shuffle=False, skip_corrupt=skip_corrupt
+        )
     root = Path(root)
     if not root.is_dir():
         raise DataError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,19 +17,20 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..data.batch_augment import BatchTrainTransform
 from ..data.datasets import EMBEDDED_NAME, DataError, Preloaded, collate_skipping_none, embedded_splits, folder_splits
 from ..data.preprocessing import Preprocessing
+from ..data.shards import ShardStream, read_split, shard_root
 from ..data.transforms import EachImage, batch_mixing, crop_transform, pixel_transform, train_transform
 from ..factory import create_model
 from ..models.coat import CoaT
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
-from .loaders import run_loaders
+from .loaders import run_loaders, stream_loaders
 from .loop import Runtime, amp_enabled, backward_and_step, run
 from .optim import warmup_cosine
 
@@ -112,6 +114,11 @@ def evaluate(
     )
 
 
+def split_size(dataset: Dataset) -> int:
+    """The number of images in a split (a streamed one counts its shards' samples, not one process's share)."""
+    return dataset.split.num_samples if isinstance(dataset, ShardStream) else len(dataset)
+
+
 class ClassificationTask:
     """``coat train``: CoaT on an image folder or the embedded digits; best.safetensors by top-1."""
 
@@ -161,20 +168,38 @@ class ClassificationTask:
                     config.std,
                     config.rotation,
                 )
-            train_set, val_set = (
-                embedded_splits(train_tf, val_tf)
-                if config.data is None
-                else folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
-            )
-        self.classes, self.sizes = train_set.classes, (len(train_set), len(val_set))
+            train_set, val_set = self.splits(train_tf, val_tf, info)
+        self.classes, self.sizes = train_set.classes, (split_size(train_set), split_size(val_set))
         self.mixing = batch_mixing(config.mixup, config.cutmix, len(self.classes))
         global_batch = config.batch_size * info.world_size
-        if len(train_set) < global_batch:
+        if self.sizes[0] < global_batch:
             raise DataError(
-                f"the training set has {len(train_set)} images, fewer than one global batch of "
+                f"the training set has {self.sizes[0]} images, fewer than one global batch of "
                 f"{global_batch}; lower --batch-size"
             )
+        if isinstance(train_set, ShardStream):
+            return stream_loaders(train_set, val_set, config, collate_skipping_none)
         return run_loaders(train_set, val_set, info, config, collate_skipping_none, repeats=config.repeated_aug)
+
+    def splits(self, train_tf: Callable, val_tf: Callable, info: DistInfo) -> tuple[Dataset, Dataset]:
+        """The training and evaluation sets: the embedded digits, an image folder, or a shard folder
+        (``--data wds:DIR``, streamed)."""
+        config = self.config
+        if config.data is None:
+            return embedded_splits(train_tf, val_tf)
+        root = shard_root(config.data)
+        if root is None:
+            return folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
+        common = {
+            "info": info,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "skip_corrupt": config.skip_corrupt,
+        }
+        return (
+            ShardStream(read_split(root, "train"), train_tf, shuffle=True, repeats=config.repeated_aug, **common),
+            ShardStream(read_split(root, "val"), val_tf, shuffle=False, **common),
+        )
 
     def build_model(self) -> CoaT:
         config = self.config

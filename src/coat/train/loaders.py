@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from .config import RunConfig
 from .distributed import DistInfo, RepeatedAugSampler, ShardSampler
@@ -55,6 +55,33 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
+def loader_options(config: RunConfig, collate_fn: Callable) -> dict[str, Any]:
+    """The DataLoader options every loader of a run shares: workers (persistent), collation, pinning, seed."""
+    return {
+        "num_workers": config.workers,
+        "collate_fn": collate_fn,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": config.workers > 0,
+        # The workers' base seed comes from here, not from the main process's RNG, so the main process draws
+        # the same numbers (mixing, drop path) whether its workers are new or persistent.
+        "generator": torch.Generator().manual_seed(config.seed),
+    }
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the loader which epoch starts: its sampler (map-style data) or its data set (streamed shards)."""
+    (loader.dataset if isinstance(loader.dataset, IterableDataset) else loader.sampler).set_epoch(epoch)
+
+
+def stream_loaders(
+    train_set: IterableDataset, val_set: IterableDataset, config: RunConfig, collate_fn: Callable
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders of streamed data sets (``coat.data.shards.ShardStream``) that split and shuffle themselves."""
+    common = loader_options(config, collate_fn)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, drop_last=True, **common)
+    return train_loader, DataLoader(val_set, batch_size=config.batch_size, **common)
+
+
 def run_loaders(
     train_set: Dataset,
     val_set: Dataset,
@@ -66,16 +93,8 @@ def run_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled, sharded training batches (each image ``repeats`` times an epoch) and sharded evaluation ones
     (``val_batch_size`` per batch; default: the training batch), with the run's seed, batch size and workers."""
-    seed, batch_size, workers = config.seed, config.batch_size, config.workers
-    common: dict[str, Any] = {
-        "num_workers": workers,
-        "collate_fn": collate_fn,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": workers > 0,
-        # The workers' base seed comes from here, not from the main process's RNG, so the main process draws
-        # the same numbers (mixing, drop path) whether its workers are new or persistent.
-        "generator": torch.Generator().manual_seed(seed),
-    }
+    seed, batch_size = config.seed, config.batch_size
+    common = loader_options(config, collate_fn)
     sampler = SeededSampler(RepeatedAugSampler(len(train_set), info, repeats, shuffle=True, seed=seed))
     train_loader = DataLoader(
         SeededDataset(train_set), batch_size=batch_size, sampler=sampler, drop_last=True, **common

@@ -43,6 +43,7 @@ from .distributed import (
     pick_device,
     sync_batch_norm,
 )
+from .loaders import set_epoch
 from .loss_monitor import LossMonitor, LossReading
 from .optim import build_optimizer
 from .run_log import RunLog
@@ -211,7 +212,7 @@ def run(task: Task) -> dict[str, Any]:
         tqdm.write(task.describe(runtime, peak_lr))
 
     for epoch in range(progress.epoch, config.epochs):
-        train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         reading, seconds, skipped = _train_epoch(task, training, train_loader, epoch, runtime, log, output)
         broadcast_buffers(training.model, info)  # collective: every rank evaluates the model rank 0 saves
         record, best = _evaluate_epoch(task, training, val_loader, runtime)

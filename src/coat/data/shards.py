@@ -1,0 +1,279 @@
+"""Image classification data in WebDataset shards: tar files of samples, as timm reads and writes them.
+
+A sample is the tar members that share a key (the member name up to its first dot): the image (``KEY.jpg``,
+``.jpeg``, ``.png`` or ``.webp``) and its class index as text (``KEY.cls``). A shard folder holds ``_info.json``,
+timm's split info (``{"splits": {"train": {"name", "num_samples", "filenames", "shard_lengths"}, "val": ...}}``),
+to which ``coat data pack`` adds the class names (``"class_names": [...]``).
+
+``ShardStream`` reads one split: shards split over processes and loader workers without overlap, in an order
+and with a sample shuffle buffer drawn from (run seed, epoch) only, and an exact number of batches per epoch on
+every process (training), so the lr schedule and DDP agree; tar files are read with the standard library's
+``tarfile``, one streaming pass per shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..files import atomic_write, write_json
+from ..train.distributed import DistInfo
+from .datasets import CorruptImageError, DataError, FolderSplit, load_rgb
+
+SHARD_PREFIX = "wds:"
+INFO_FILE = "_info.json"
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+DEFAULT_SHARD_SIZE = 1000  # samples per shard
+DEFAULT_SHUFFLE_BUFFER = 2000  # samples held for shuffling in each loader worker
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    """One split of a shard folder: its tar files, how many samples each holds, and the class names."""
+
+    root: Path
+    name: str
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+    class_names: list[str]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shard_lengths)
+
+
+def shard_root(data: str) -> Path | None:
+    """The folder of a ``wds:DIR`` data argument, or ``None`` for anything else."""
+    return Path(data[len(SHARD_PREFIX) :]) if data.startswith(SHARD_PREFIX) else None
+
+
+def read_split(root: Path, split: str) -> ShardSplit:
+    """``split`` of the shard folder ``root`` as its ``_info.json`` describes it, or a one-line ``DataError``."""
+    info_path = root / INFO_FILE
+    if not info_path.is_file():
+        raise DataError(f"{root} has no {INFO_FILE}; write shards with `coat data pack FOLDER {root}`")
+    try:
+        info = json.loads(info_path.read_text())
+        entry = info["splits"][split]
+        filenames, lengths = tuple(entry["filenames"]), tuple(int(n) for n in entry["shard_lengths"])
+        class_names = list(info["class_names"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{info_path} has no usable '{split}' split with filenames, shard_lengths and class_names "
+            f"({type(err).__name__}: {err}); rewrite it with `coat data pack`"
+        ) from None
+    missing = [name for name in filenames if not (root / name).is_file()]
+    if missing or len(filenames) != len(lengths):
+        raise DataError(f"{info_path} lists shards that are not in {root} ({missing[:3]}); copy them or re-pack")
+    return ShardSplit(root, split, filenames, lengths, class_names)
+
+
+def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, shard_size: int = DEFAULT_SHARD_SIZE) -> dict:
+    """Write ``folder/train`` and ``folder/val`` (class folders) as shards of ``shard_size`` samples in ``out``
+    (a new folder) with ``_info.json``; returns the info. Images are stored as their files' bytes."""
+    folder, out = Path(folder), Path(out)
+    if shard_size < 1:
+        raise DataError("--shard-size must be at least 1")
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} exists and is not empty; choose a new folder")
+    splits = {name: FolderSplit(folder / name) for name in ("train", "val")}
+    if splits["train"].classes != splits["val"].classes:
+        raise DataError(f"{folder}/train and {folder}/val have different class folders; give both the same classes")
+    out.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {"name": folder.name, "class_names": splits["train"].classes, "splits": {}}
+    for name, split in splits.items():
+        samples = split.folder.samples  # (path, class index), sorted by class then file
+        filenames, lengths = [], []
+        for index, start in enumerate(range(0, len(samples), shard_size)):
+            filename = f"{name}-{index:06d}.tar"
+            chunk = samples[start : start + shard_size]
+            atomic_write(out / filename, lambda tmp, chunk=chunk, start=start: write_shard(tmp, chunk, start))
+            filenames.append(filename)
+            lengths.append(len(chunk))
+        info["splits"][name] = {"name": name, "num_samples": len(samples), "filenames": filenames,
+                                "shard_lengths": lengths}  # fmt: skip
+    write_json(out / INFO_FILE, info)
+    return info
+
+
+def write_shard(path: Path, samples: list[tuple[str, int]], first_index: int) -> None:
+    """A tar of ``KEY.<image extension>`` (the file's bytes) and ``KEY.cls`` per sample, keys numbered from
+    ``first_index``."""
+    with tarfile.open(path, "w") as tar:
+        for offset, (image_path, label) in enumerate(samples):
+            key = f"{first_index + offset:09d}"
+            extension = Path(image_path).suffix.lower().lstrip(".") or "jpg"
+            for member, data in ((f"{key}.{extension}", Path(image_path).read_bytes()),
+                                 (f"{key}.cls", str(label).encode())):  # fmt: skip
+                entry = tarfile.TarInfo(member)
+                entry.size, entry.mode = len(data), 0o644
+                tar.addfile(entry, io.BytesIO(data))
+
+
+def read_samples(path: Path) -> Iterator[tuple[str, bytes, int]]:
+    """(key, image bytes, class index) of each sample of the tar ``path``, in order, in one streaming pass."""
+    key, members = None, {}
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.rsplit("/", 1)[-1]
+            member_key, _, extension = name.partition(".")
+            if member_key != key and key is not None:
+                yield sample_of(path, key, members)
+                members = {}
+            key = member_key
+            members[extension.lower()] = tar.extractfile(member).read()
+    if key is not None:
+        yield sample_of(path, key, members)
+
+
+def sample_of(path: Path, key: str, members: dict[str, bytes]) -> tuple[str, bytes, int]:
+    image = next((members[k] for k in IMAGE_KEYS if k in members), None)
+    if image is None or "cls" not in members:
+        raise DataError(f"sample {key} of {path} lacks an image ({'/'.join(IMAGE_KEYS)}) or a .cls; re-pack it")
+    return key, image, int(members["cls"])
+
+
+class ShardStream(IterableDataset):
+    """One split's samples as ``(transformed image, class index)`` (``None`` for a corrupt image with
+    ``skip_corrupt``).
+
+    Training (``shuffle``): each (process, worker) reads its share of the shards, ordered by (seed, epoch), through
+    a shuffle buffer, and yields exactly its quota of whole batches; every process yields ``len(self)`` samples
+    per epoch (``num_samples // world_size`` rounded down to whole batches), split over its workers in proportion
+    to what they read, re-reading its shards if its share falls short. Each sample's augmentation is drawn from
+    its own seed. ``repeats`` > 1 is repeated augmentation (DeiT's recipe): each image read enters the shuffle
+    buffer that many times, so an epoch of the same length holds 1 / repeats as many distinct images (DeiT's
+    sampler puts the copies on different processes; here they stay in one, spread by the buffer). Evaluation:
+    every sample exactly once, shards (or, with fewer shards than readers, samples) split over processes and
+    workers, in order. ``set_epoch`` reaches persistent workers (a shared value).
+    """
+
+    def __init__(
+        self,
+        split: ShardSplit,
+        transform: Callable | None,
+        *,
+        shuffle: bool,
+        info: DistInfo = DistInfo(),
+        batch_size: int = 1,
+        seed: int = 0,
+        repeats: int = 1,
+        buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        skip_corrupt: bool = False,
+    ) -> None:
+        self.split, self.transform, self.info = split, transform, info
+        self.batch_size, self.shuffle, self.repeats = batch_size, shuffle, repeats
+        self.seed, self.buffer, self.skip_corrupt = seed, buffer, skip_corrupt
+        self.classes = split.class_names
+        self._epoch = multiprocessing.Value("q", 0, lock=False)  # read by persistent workers
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.split.num_samples // self.info.world_size // self.batch_size * self.batch_size
+        return math.ceil(self.split.num_samples / self.info.world_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int] | None]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        slot = self.info.rank * workers + worker_id  # this reader among all processes' loader workers
+        readers = self.info.world_size * workers
+        if not self.shuffle:
+            order = list(range(len(self.split.filenames)))
+            yield from (self.decode(image, label) for image, label in self.one_pass(order, slot, readers))
+            return
+        epoch = self._epoch.value
+        order = list(range(len(self.split.filenames)))
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)  # the same order in every process and worker
+        shares = self.reader_shares(order, readers)[self.info.rank * workers : (self.info.rank + 1) * workers]
+        quota = split_in_proportion(len(self) // self.batch_size, shares)[worker_id] * self.batch_size
+        entropy = [self.seed, epoch, self.info.rank, worker_id]
+        rng = random.Random(str(entropy))
+        sample_seeds = np.random.SeedSequence(entropy).generate_state(quota).tolist()  # one per sample
+        stream = self.shuffled(self.passes(order, slot, readers), rng, min(self.buffer, quota))
+        for position, (image, label) in enumerate(stream):
+            if position == quota:
+                return
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(sample_seeds[position])
+                yield self.decode(image, label)
+
+    def reader_shares(self, order: list[int], readers: int) -> list[int]:
+        """How many samples each reader (process x worker slot) reads in one pass (``one_pass``)."""
+        lengths, total = self.split.shard_lengths, self.split.num_samples
+        if len(order) >= readers:
+            return [sum(lengths[index] for index in order[slot::readers]) for slot in range(readers)]
+        return [len(range(slot, total, readers)) for slot in range(readers)]
+
+    def one_pass(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[bytes, int]]:
+        """This reader's share of the shards in ``order``: whole shards when there are at least as many shards as
+        readers, otherwise every ``readers``-th sample (no sample is read by two readers either way)."""
+        by_shard = len(order) >= readers
+        shards = order[slot::readers] if by_shard else order
+        samples = (sample for index in shards for sample in read_samples(self.split.root / self.split.filenames[index]))
+        for position, (_, image, label) in enumerate(samples):
+            if by_shard or position % readers == slot:
+                yield image, label
+
+    def passes(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[bytes, int]]:
+        """``one_pass`` over and over (the caller stops at its quota)."""
+        while True:
+            read = 0
+            for read, item in enumerate(self.one_pass(order, slot, readers), start=1):  # noqa: B007
+                yield from [item] * self.repeats
+            if not read:
+                raise DataError(
+                    f"{self.split.root} has {self.split.num_samples} {self.split.name} samples, too few to give each "
+                    f"of {readers} readers (processes x --workers) one; use fewer workers"
+                )
+
+    @staticmethod
+    def shuffled(items: Iterator[Any], rng: random.Random, buffer: int) -> Iterator[Any]:
+        """``items`` through a buffer of ``buffer`` items: each output is a random pick of what the buffer holds."""
+        held: list[Any] = []
+        for item in items:
+            held.append(item)
+            if len(held) >= buffer:
+                index = rng.randrange(len(held))
+                held[index], held[-1] = held[-1], held[index]
+                yield held.pop()
+        rng.shuffle(held)
+        yield from held
+
+    def decode(self, image: bytes, label: int) -> tuple[Any, int] | None:
+        try:
+            picture = load_rgb(io.BytesIO(image), name=f"a sample of {self.split.root}")
+        except CorruptImageError:
+            if self.skip_corrupt:
+                return None
+            raise
+        return (self.transform(picture) if self.transform else picture), label
+
+
+def split_in_proportion(total: int, shares: list[int]) -> list[int]:
+    """``total`` split into whole parts in proportion to ``shares`` (largest remainders first, ties to the
+    earlier part); equal parts when every share is 0."""
+    weights = shares if sum(shares) else [1] * len(shares)
+    exact = [total * weight / sum(weights) for weight in weights]
+    parts = [math.floor(value) for value in exact]
+    by_remainder = sorted(range(len(parts)), key=lambda i: (parts[i] - exact[i], i))
+    for index in by_remainder[: total - sum(parts)]:
+        parts[index] += 1
+    return parts

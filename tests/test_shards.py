@@ -1,0 +1,161 @@
+"""WebDataset shards: `coat data pack`, the streamed reader's split over processes and workers, its exact epoch
+length and per-epoch order, and `coat train | eval --data wds:DIR`."""
+
+import json
+import os
+import subprocess
+import tarfile
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from coat.cli import main
+from coat.data.datasets import DataError
+from coat.data.shards import ShardStream, pack_folder, read_samples, read_split
+from coat.train.distributed import DistInfo
+from conftest import make_image_folder, torchrun_two_processes
+
+CLASSES = ["circle", "square", "stripes"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """An image folder of 3 classes x 8 train / 4 val images, packed 5 images a shard (5 + 2 shards)."""
+    root = tmp_path_factory.mktemp("shards")
+    make_image_folder(root / "images")
+    pack_folder(root / "images", root / "wds", shard_size=5)
+    return root
+
+
+def keys_read(stream: ShardStream, worker: int, workers: int, monkeypatch) -> list[tuple[int, int]]:
+    """(label, fingerprint of the pixels) of what one reader (``worker`` of ``workers``) yields, in order."""
+    monkeypatch.setattr("coat.data.shards.get_worker_info", lambda: SimpleNamespace(id=worker, num_workers=workers))
+    return [(label, hash(image.tobytes())) for image, label in stream]
+
+
+def test_pack_writes_timms_split_info_and_samples(shards, capsys, tmp_path):
+    info = json.loads((shards / "wds" / "_info.json").read_text())
+    assert info["class_names"] == CLASSES
+    train = info["splits"]["train"]
+    assert train["num_samples"] == 24 and train["shard_lengths"] == [5, 5, 5, 5, 4]
+    assert train["filenames"][0] == "train-000000.tar" and info["splits"]["val"]["shard_lengths"] == [5, 5, 2]
+    with tarfile.open(shards / "wds" / "train-000000.tar") as tar:
+        names = tar.getnames()
+    assert names[:2] == ["000000000.png", "000000000.cls"]  # a sample: the image file's bytes and its class
+    samples = list(read_samples(shards / "wds" / "val-000002.tar"))
+    assert [(key, label) for key, _, label in samples] == [("000000010", 2), ("000000011", 2)]
+    original = sorted((shards / "images" / "val" / "stripes").iterdir())[2].read_bytes()
+    assert samples[0][1] == original
+    assert main(["data", "pack", str(shards / "images"), str(shards / "wds")]) == 2  # not into a used folder
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["data", "pack", str(shards / "images"), str(tmp_path / "w"), "--shard-size", "100"]) == 0
+    assert "train 1 shards / 24 images, val 1 shards / 12 images, 3 classes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 1)])
+def test_evaluation_reads_every_sample_once_over_processes_and_workers(shards, world, workers, monkeypatch):
+    split = read_split(shards / "wds", "val")
+    everything = Counter()
+    for rank in range(world):
+        for worker in range(workers):
+            stream = ShardStream(split, None, shuffle=False, info=DistInfo(rank, world))
+            everything.update(keys_read(stream, worker, workers, monkeypatch))
+    single = Counter(keys_read(ShardStream(split, None, shuffle=False), 0, 1, monkeypatch))
+    assert everything == single and sum(single.values()) == 12  # 4 readers > 3 shards: split by sample
+
+
+def test_training_yields_exact_whole_batches_in_an_order_drawn_from_seed_and_epoch(shards, monkeypatch):
+    split = read_split(shards / "wds", "train")
+    streams = [ShardStream(split, None, shuffle=True, info=DistInfo(r, 2), batch_size=4, seed=3) for r in (0, 1)]
+    assert [len(s) for s in streams] == [12, 12]  # 24 images over 2 processes, whole batches of 4
+    per_worker = [keys_read(streams[0], w, 2, monkeypatch) for w in (0, 1)]
+    assert sum(len(k) for k in per_worker) == 12 and all(len(k) % 4 == 0 for k in per_worker)  # whole batches
+    first = keys_read(streams[1], 0, 1, monkeypatch)
+    assert first == keys_read(streams[1], 0, 1, monkeypatch)  # the same epoch: the same order
+    streams[1].set_epoch(1)
+    assert first != keys_read(streams[1], 0, 1, monkeypatch)
+    # one epoch's two processes read different shards (5 shards: 3 and 2, re-read to fill the quota)
+    other = keys_read(streams[0], 0, 1, monkeypatch)
+    assert len(other) == 12 and not set(other) & set(first)
+
+
+def test_repeats_and_augmentation_seeds(shards, monkeypatch):
+    split = read_split(shards / "wds", "train")
+    repeated = ShardStream(split, None, shuffle=True, batch_size=4, repeats=3, buffer=1)  # no shuffling
+    keys = keys_read(repeated, 0, 1, monkeypatch)
+    assert len(keys) == 24 and keys[0] == keys[1] == keys[2] and keys[3] == keys[4] == keys[5]
+
+    def draw(image):
+        return torch.rand(1).item()  # stands for a random augmentation
+
+    stream = ShardStream(split, draw, shuffle=True, batch_size=4)
+    monkeypatch.setattr("coat.data.shards.get_worker_info", lambda: None)
+    draws = [value for value, _ in stream]
+    assert draws == [value for value, _ in stream] and len(set(draws)) == 24  # per-sample seeds, replayed
+
+
+def test_a_loader_with_two_workers_keeps_the_epoch_length_and_reaches_them_with_set_epoch(shards):
+    split = read_split(shards / "wds", "train")
+    stream = ShardStream(split, lambda image: torch.tensor(image.size), shuffle=True, batch_size=4)
+    loader = DataLoader(stream, batch_size=4, drop_last=True, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader) == 6
+        epochs.append(torch.cat([labels for _, labels in batches]).tolist())
+    assert epochs[0] != epochs[1] and len(epochs[0]) == 24
+
+
+def test_bad_shard_folders_are_one_line_errors(shards, tmp_path):
+    with pytest.raises(DataError, match=r"has no _info\.json; write shards with `coat data pack"):
+        read_split(tmp_path, "train")
+    (tmp_path / "_info.json").write_text(json.dumps({"splits": {}, "class_names": CLASSES}))
+    with pytest.raises(DataError, match="no usable 'train' split"):
+        read_split(tmp_path, "train")
+    info = json.loads((shards / "wds" / "_info.json").read_text())
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="lists shards that are not in"):
+        read_split(tmp_path, "train")
+
+
+@pytest.mark.slow
+def test_train_and_eval_from_shards(shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "8", "--workers", "2", "--no-amp"]
+    data = f"wds:{shards / 'wds'}"
+    assert main(["train", "--data", data, "--recipe", "small", "--epochs", "2", "--output", str(out), *args]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"data: {data}" in (out / "config.yaml").read_text()
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", data, "--workers", "0"]) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
+
+
+def test_split_in_proportion():
+    from coat.data.shards import split_in_proportion
+
+    assert split_in_proportion(6, [14, 10]) == [4, 2] and split_in_proportion(3, [5, 5]) == [2, 1]
+    assert split_in_proportion(5, [0, 0]) == [3, 2] and sum(split_in_proportion(7, [3, 9, 1])) == 7
+
+
+@pytest.mark.slow
+def test_train_from_shards_under_torchrun_two_processes(shards, tmp_path):
+    """Both processes take the same number of steps (else DDP would hang) and evaluate their halves of val."""
+    out = tmp_path / "ddp"
+    command = [*torchrun_two_processes(29525), "-m", "coat.cli", "train", "--data", f"wds:{shards / 'wds'}"]
+    command += ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "4", "--workers", "1"]
+    command += ["--recipe", "small", "--epochs", "2", "--no-amp", "--device", "cpu", "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(shards / "images")]) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
