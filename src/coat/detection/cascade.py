@@ -85,7 +85,6 @@ def sample_rois(
     """Add each image's ground-truth boxes to its proposals, label every box by its best ground-truth match
     (background below the matcher's threshold) and keep a balanced random subset."""
     sampled = SampledRoIs([], [], [], [], [])
-    labels_all, candidates_all, matched_all = [], [], []
     for boxes, target in zip(proposals, targets, strict=True):
         gt_boxes, gt_labels = target["boxes"].to(boxes.dtype), target["labels"]
         candidates = torch.cat([boxes, gt_boxes])  # [N + G, 4]
@@ -93,22 +92,15 @@ def sample_rois(
             matched = matcher(box_iou(gt_boxes, candidates))  # [N + G]: index, or -1 below the threshold
             labels = torch.where(matched >= 0, gt_labels[matched.clamp(min=0)], 0)
         else:
-            matched = candidates.new_zeros(len(candidates), dtype=torch.int64)
-            labels = candidates.new_zeros(len(candidates), dtype=torch.int64)
-        labels_all.append(labels)
-        candidates_all.append(candidates)
-        matched_all.append((matched.clamp(min=0), len(boxes), gt_boxes))
-    chosen_positive, chosen_negative = sampler(labels_all)
-    for labels, candidates, (matched, proposal_count, gt_boxes), positive, negative in zip(
-        labels_all, candidates_all, matched_all, chosen_positive, chosen_negative, strict=True
-    ):
+            matched = labels = candidates.new_zeros(len(candidates), dtype=torch.int64)
+        (positive,), (negative,) = sampler([labels])
         keep = torch.where(positive | negative)[0]  # [R]
+        matched = matched.clamp(min=0)[keep]
         sampled.boxes.append(candidates[keep])
         sampled.labels.append(labels[keep])
-        sampled.matched.append(matched[keep])
-        padded_gt = gt_boxes if len(gt_boxes) else candidates.new_zeros(1, 4)
-        sampled.target_boxes.append(padded_gt[matched[keep]])
-        sampled.from_ground_truth.append(keep >= proposal_count)
+        sampled.matched.append(matched)
+        sampled.target_boxes.append((gt_boxes if len(gt_boxes) else candidates.new_zeros(1, 4))[matched])
+        sampled.from_ground_truth.append(keep >= len(boxes))
     return sampled
 
 
