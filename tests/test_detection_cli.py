@@ -30,6 +30,8 @@ TINY = [
     "0",
 ]
 DETR = ["--detector", "deformable-detr", "--num-queries", "10", "--transformer-layers", "2"]
+# the cascades' heads cost most on a CPU: few RoIs, proposals and detections
+CHEAP_CASCADE = ["--box-batch-size-per-image", "8", "--rpn-post-nms-top-n-test", "50", "--detections-per-image", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +185,15 @@ def test_deformable_detr_trains_resumes_evaluates_and_predicts(trained_detr, coc
 @pytest.mark.slow
 def test_cascade_mask_rcnn_trains_resumes_and_evaluates(coco_set, tmp_path):
     out = tmp_path / "cascade"
-    run = ["detect", "train", *coco_set, *TINY, "--detector", "cascade-mask", "--box-batch-size-per-image", "32"]
-    run += ["--output", str(out)]
+    run = ["detect", "train", *coco_set, *TINY, "--detector", "cascade-mask", *CHEAP_CASCADE, "--output", str(out)]
     assert main([*run, "--epochs", "1"]) == 0
     assert main([*run, "--epochs", "2", "--resume", "auto"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "val_mask_ap" in records[0]
     model, spec = load_detector(out / "best.safetensors")
     assert spec.detector == "cascade-mask" and len(model.roi_heads.stages) == 3
+    assert spec.options == {"box_detections_per_img": 10, "rpn_post_nms_top_n_test": 50}
+    assert model.roi_heads.detections_per_img == 10 and model.rpn.post_nms_top_n() == 50  # eval mode
     val_images, val_annotations = coco_set[5], coco_set[7]
     evaluation = ["detect", "eval", "--checkpoint", str(out / "best.safetensors"), "--workers", "0"]
     assert main([*evaluation, "--images", val_images, "--annotations", val_annotations, "--output", str(tmp_path)]) == 0
@@ -246,7 +249,7 @@ def test_box_detectors_need_no_masks(box_detector, coco_set, tmp_path, capsys):
     boxes_only.write_text(json.dumps(content))
     data[3] = str(boxes_only)
     mask_detector = {"fasterrcnn": "maskrcnn", "cascade": "cascade-mask"}[box_detector]
-    run = ["detect", "train", *data, *TINY, "--epochs", "1", "--box-batch-size-per-image", "32", "--detector"]
+    run = ["detect", "train", *data, *TINY, "--epochs", "1", *CHEAP_CASCADE, "--detector"]
     assert main([*run, mask_detector, "--output", str(tmp_path / "m")]) == 2
     assert "needs masks: add them or pass a box-only --detector (fasterrcnn, cascade" in capsys.readouterr().err
     assert main([*run, box_detector, "--output", str(tmp_path / "f")]) == 0
@@ -255,15 +258,18 @@ def test_box_detectors_need_no_masks(box_detector, coco_set, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "detector", [[], DETR, ["--detector", "cascade-mask"]], ids=["maskrcnn", "deformable-detr", "cascade-mask"]
+    "detector",
+    [[], DETR, ["--detector", "cascade-mask", *CHEAP_CASCADE]],
+    ids=["maskrcnn", "deformable-detr", "cascade-mask"],
 )
 def test_detect_train_under_torchrun_two_processes(detector, coco_set, tmp_path):
     """Each process evaluates half the images; the gathered COCO metrics equal a one-process evaluation."""
+    name = detector[1] if detector else "maskrcnn"
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            *torchrun_two_processes({0: 29519, 4: 29521, 2: 29524}[len(detector)]),
+            *torchrun_two_processes({"maskrcnn": 29519, "deformable-detr": 29521, "cascade-mask": 29524}[name]),
             "-m",
             "coat.cli",
             "detect",

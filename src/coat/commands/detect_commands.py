@@ -22,6 +22,9 @@ _HELP = {
     "sampling_lr_scale": "lr multiplier of Deformable DETR's sampling offsets and reference points",
     "random_crop": "probability of DETR's resize-and-crop augmentation (the coco recipes: 0.5 for Deformable DETR "
     "and the cascades)",
+    "detections_per_image": "R-CNNs: detections kept per image in evaluation and prediction (COCO: 100)",
+    "rpn_post_nms_top_n_test": "R-CNNs: proposals per image in evaluation and prediction (fewer: faster on a CPU, "
+    "above all for the cascades)",
     "num_queries": "Deformable DETR's object queries",
     "transformer_layers": "Deformable DETR's encoder layers and decoder layers (each)",
     "lr_steps": "epochs after which the lr drops 10x",

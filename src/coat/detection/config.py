@@ -45,6 +45,8 @@ class DetectConfig(RunConfig):
     hflip: float = 0.5
     box_batch_size_per_image: int = 512  # sampled RoIs per image for the box/mask heads in training
     rpn_post_nms_top_n_train: int = 2000  # proposals kept per image in training
+    rpn_post_nms_top_n_test: int = 1000  # proposals per image in evaluation and prediction (saved with the checkpoint)
+    detections_per_image: int = 100  # R-CNNs: detections kept per image (saved with the checkpoint)
     frozen_stages: int = 0  # R-CNNs
     frozen_norms: bool = False  # R-CNNs
     backbone_lr_scale: float = 1.0  # lr multiplier of CoaT's parameters
@@ -57,7 +59,14 @@ class DetectConfig(RunConfig):
 
 # Options that only one family of detectors takes; given for the other, they are refused.
 FAMILY_OPTIONS = {
-    "rcnn": ("box_batch_size_per_image", "rpn_post_nms_top_n_train", "frozen_stages", "frozen_norms"),
+    "rcnn": (
+        "box_batch_size_per_image",
+        "rpn_post_nms_top_n_train",
+        "rpn_post_nms_top_n_test",
+        "detections_per_image",
+        "frozen_stages",
+        "frozen_norms",
+    ),
     "detr": ("sampling_lr_scale", "num_queries", "transformer_layers"),
 }
 _SHAPES_DATA = {"min_sizes": (128, 144, 160), "max_size": 256, "amp": False, "workers": 0, "drop_path": 0.0}
@@ -165,6 +174,10 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> DetectConfig:
             (bool(config.min_sizes) and min(config.min_sizes) >= 32, "--min-sizes must be short sides of at least 32"),
             (config.lr is not None and config.lr > 0, "--lr must be positive"),
             (0 <= config.frozen_stages <= 4, "--frozen-stages must be in 0..4"),
+            (
+                config.detections_per_image >= 1 and config.rpn_post_nms_top_n_test >= 1,
+                "--detections-per-image and --rpn-post-nms-top-n-test must be at least 1",
+            ),
             (config.backbone_lr_scale >= 0 and config.sampling_lr_scale >= 0, "lr scales must be 0 or more"),
             (0 <= config.random_crop <= 1, "--random-crop must be in [0, 1]"),
             (

@@ -107,7 +107,10 @@ class DetectionTask:
         if self.family == "detr":
             layers = config.transformer_layers
             return {"num_queries": config.num_queries, "encoder_layers": layers, "decoder_layers": layers}
-        return {}
+        return {
+            "box_detections_per_img": config.detections_per_image,
+            "rpn_post_nms_top_n_test": config.rpn_post_nms_top_n_test,
+        }
 
     def training_options(self) -> dict[str, Any]:
         """The builder's options that only training uses (not needed to rebuild the checkpoint)."""
