@@ -159,3 +159,18 @@ def test_train_from_shards_under_torchrun_two_processes(shards, tmp_path):
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(shards / "images")]) == 0
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
+
+
+def test_a_corrupt_image_is_named_by_sample_and_shard_or_skipped(tmp_path):
+    from coat.data.datasets import CorruptImageError
+    from coat.data.shards import write_shard
+
+    make_image_folder(tmp_path / "images", train_per_class=1, val_per_class=1)
+    pack_folder(tmp_path / "images", tmp_path / "wds", shard_size=10)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    write_shard(tmp_path / "wds" / "val-000000.tar", [(str(broken), 0), (str(broken), 1), (str(broken), 2)], 0)
+    split = read_split(tmp_path / "wds", "val")
+    with pytest.raises(CorruptImageError, match=r"sample 000000000 of .*val-000000\.tar"):
+        list(ShardStream(split, None, shuffle=False))
+    assert list(ShardStream(split, None, shuffle=False, skip_corrupt=True)) == [None, None, None]

@@ -166,12 +166,11 @@ def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool 
     ``wds:DIR``, or the embedded held-out digits."""
     if root is None:
         return embedded_splits(None, transform)[1]
-    if str(root).startswith("wds:"):
-        from .shards import ShardStream, read_split, shard_root  # shards import this module
+    from .shards import ShardStream, read_split, shard_root  # shards import this module
 
-        return ShardStream(
-            read_split(shard_root(str(root)), "val"), transform, shuffle=False, skip_corrupt=skip_corrupt
-        )
+    shards = shard_root(str(root))
+    if shards is not None:
+        return ShardStream(read_split(shards, "val"), transform, shuffle=False, skip_corrupt=skip_corrupt)
     root = Path(root)
     if not root.is_dir():
         raise DataError(

@@ -103,8 +103,8 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, shard_size: i
             atomic_write(out / filename, lambda tmp, chunk=chunk, start=start: write_shard(tmp, chunk, start))
             filenames.append(filename)
             lengths.append(len(chunk))
-        info["splits"][name] = {"name": name, "num_samples": len(samples), "filenames": filenames,
-                                "shard_lengths": lengths}  # fmt: skip
+        entry = {"name": name, "num_samples": len(samples), "filenames": filenames, "shard_lengths": lengths}
+        info["splits"][name] = entry
     write_json(out / INFO_FILE, info)
     return info
 
@@ -116,8 +116,8 @@ def write_shard(path: Path, samples: list[tuple[str, int]], first_index: int) ->
         for offset, (image_path, label) in enumerate(samples):
             key = f"{first_index + offset:09d}"
             extension = Path(image_path).suffix.lower().lstrip(".") or "jpg"
-            for member, data in ((f"{key}.{extension}", Path(image_path).read_bytes()),
-                                 (f"{key}.cls", str(label).encode())):  # fmt: skip
+            members = {f"{key}.{extension}": Path(image_path).read_bytes(), f"{key}.cls": str(label).encode()}
+            for member, data in members.items():
                 entry = tarfile.TarInfo(member)
                 entry.size, entry.mode = len(data), 0o644
                 tar.addfile(entry, io.BytesIO(data))
@@ -195,12 +195,11 @@ class ShardStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         slot = self.info.rank * workers + worker_id  # this reader among all processes' loader workers
         readers = self.info.world_size * workers
+        order = list(range(len(self.split.filenames)))
         if not self.shuffle:
-            order = list(range(len(self.split.filenames)))
-            yield from (self.decode(image, label) for image, label in self.one_pass(order, slot, readers))
+            yield from (self.decode(*sample) for sample in self.one_pass(order, slot, readers))
             return
         epoch = self._epoch.value
-        order = list(range(len(self.split.filenames)))
         random.Random(f"{self.seed}-{epoch}").shuffle(order)  # the same order in every process and worker
         shares = self.reader_shares(order, readers)[self.info.rank * workers : (self.info.rank + 1) * workers]
         quota = split_in_proportion(len(self) // self.batch_size, shares)[worker_id] * self.batch_size
@@ -208,12 +207,12 @@ class ShardStream(IterableDataset):
         rng = random.Random(str(entropy))
         sample_seeds = np.random.SeedSequence(entropy).generate_state(quota).tolist()  # one per sample
         stream = self.shuffled(self.passes(order, slot, readers), rng, min(self.buffer, quota))
-        for position, (image, label) in enumerate(stream):
+        for position, sample in enumerate(stream):
             if position == quota:
                 return
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(sample_seeds[position])
-                yield self.decode(image, label)
+                yield self.decode(*sample)
 
     def reader_shares(self, order: list[int], readers: int) -> list[int]:
         """How many samples each reader (process x worker slot) reads in one pass (``one_pass``)."""
@@ -222,17 +221,22 @@ class ShardStream(IterableDataset):
             return [sum(lengths[index] for index in order[slot::readers]) for slot in range(readers)]
         return [len(range(slot, total, readers)) for slot in range(readers)]
 
-    def one_pass(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[bytes, int]]:
-        """This reader's share of the shards in ``order``: whole shards when there are at least as many shards as
-        readers, otherwise every ``readers``-th sample (no sample is read by two readers either way)."""
+    def one_pass(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[str, bytes, int]]:
+        """This reader's share of the shards in ``order`` as (sample name, image bytes, class index): whole shards
+        when there are at least as many shards as readers, otherwise every ``readers``-th sample (no sample is read
+        by two readers either way)."""
         by_shard = len(order) >= readers
-        shards = order[slot::readers] if by_shard else order
-        samples = (sample for index in shards for sample in read_samples(self.split.root / self.split.filenames[index]))
-        for position, (_, image, label) in enumerate(samples):
+        shards = [
+            self.split.root / self.split.filenames[index] for index in (order[slot::readers] if by_shard else order)
+        ]
+        samples = (
+            (f"sample {key} of {shard}", image, label) for shard in shards for key, image, label in read_samples(shard)
+        )
+        for position, sample in enumerate(samples):
             if by_shard or position % readers == slot:
-                yield image, label
+                yield sample
 
-    def passes(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[bytes, int]]:
+    def passes(self, order: list[int], slot: int, readers: int) -> Iterator[tuple[str, bytes, int]]:
         """``one_pass`` over and over (the caller stops at its quota)."""
         while True:
             read = 0
@@ -257,9 +261,9 @@ class ShardStream(IterableDataset):
         rng.shuffle(held)
         yield from held
 
-    def decode(self, image: bytes, label: int) -> tuple[Any, int] | None:
+    def decode(self, name: str, image: bytes, label: int) -> tuple[Any, int] | None:
         try:
-            picture = load_rgb(io.BytesIO(image), name=f"a sample of {self.split.root}")
+            picture = load_rgb(io.BytesIO(image), name=name)
         except CorruptImageError:
             if self.skip_corrupt:
                 return None
