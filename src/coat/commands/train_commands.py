@@ -13,7 +13,14 @@ from .call import call_with_options
 from .config_flags import add_config_flags, given_flags
 
 _HELP = {
-    "data": "image folder with train/<class>/* and val/<class>/* (default: the embedded MNIST subset)",
+    "data": "image folder with train/<class>/* and val/<class>/*, wds:DIR (shards of `coat data pack` or timm), or "
+    "hfds:NAME_OR_PATH (a Hugging Face dataset; extra hfds) (default: the embedded MNIST subset)",
+    "train_split": "with --data hfds:NAME_OR_PATH, a split name; with --data wds:DIR, a split of DIR/_info.json or "
+    "shard files as a brace pattern ('train-{000000..000099}.tar', with --train-samples)",
+    "val_split": "as --train-split ('val' also finds a split named 'validation')",
+    "train_samples": "samples in a --train-split pattern (the epoch length)",
+    "val_samples": "samples in a --val-split pattern",
+    "num_classes": "classes of shards whose _info.json names none (class index = name)",
     "recipe": f"named recipe: {', '.join(RECIPES)} (default: imagenet with --data, small without)",
     "resume": "'auto' (OUTPUT/last.pt if present) or the path of a last.pt",
     "pretrained": "weights to fine-tune from: a released weights name (coat_lite_small, coat_lite_small.authors) "
@@ -49,7 +56,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--model", dest="model_name", choices=list(VARIANTS), help="variant, for checkpoints that do not carry a config"
     )
-    ev.add_argument("--data", help="folder with val/<class>/* or <class>/* (default: the embedded held-out split)")
+    ev.add_argument(
+        "--data",
+        help="folder with val/<class>/* or <class>/*, wds:DIR or hfds:NAME_OR_PATH (its val split) (default: the "
+        "embedded held-out split)",
+    )
     ev.add_argument("--input-size", type=int, help="default: the checkpoint's")
     ev.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the checkpoint's, e.g. 0.875)")
     ev.add_argument("--batch-size", type=int, default=64)

@@ -163,11 +163,15 @@ def folder_splits(
 
 def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool = False) -> Dataset:
     """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), the ``val`` shards of
-    ``wds:DIR``, or the embedded held-out digits."""
+    ``wds:DIR``, the ``val`` (or ``validation``) split of ``hfds:NAME_OR_PATH``, or the embedded held-out digits."""
     if root is None:
         return embedded_splits(None, transform)[1]
-    from .shards import ShardStream, read_split, shard_root  # shards import this module
+    from .hf_datasets import HFImages, hf_source, load_splits  # both import this module
+    from .shards import ShardStream, read_split, shard_root
 
+    source = hf_source(str(root))
+    if source is not None:
+        return HFImages(load_splits(source, ["val"])[0], f"{source} [val]", transform, skip_corrupt)
     shards = shard_root(str(root))
     if shards is not None:
         return ShardStream(read_split(shards, "val"), transform, shuffle=False, skip_corrupt=skip_corrupt)

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,25 +61,85 @@ def shard_root(data: str) -> Path | None:
     return Path(data[len(SHARD_PREFIX) :]) if data.startswith(SHARD_PREFIX) else None
 
 
-def read_split(root: Path, split: str) -> ShardSplit:
-    """``split`` of the shard folder ``root`` as its ``_info.json`` describes it, or a one-line ``DataError``."""
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion, as WebDataset shard lists are written: ``{000000..000099}`` (numeric ranges,
+    zero-padded to the width written) and ``{a,b,c}``; several groups expand left to right."""
+    group = re.search(r"\{([^{}]*)\}", pattern)
+    if group is None:
+        return [pattern]
+    numbers = re.fullmatch(r"(\d+)\.\.(\d+)", group.group(1))
+    if numbers:
+        first, last = numbers.groups()
+        width = len(first) if first.startswith("0") else 0
+        step = 1 if int(last) >= int(first) else -1
+        items = [str(n).zfill(width) for n in range(int(first), int(last) + step, step)]
+    else:
+        items = group.group(1).split(",")
+    head, tail = pattern[: group.start()], pattern[group.end() :]
+    return [name for item in items for name in expand_braces(head + item + tail)]
+
+
+def is_shard_pattern(split: str) -> bool:
+    """Whether a split argument names shard files (``train-{0000..0099}.tar``) rather than a split of the info."""
+    return "{" in split or split.endswith(".tar")
+
+
+def read_split(root: Path, split: str, num_samples: int | None = None, num_classes: int | None = None) -> ShardSplit:
+    """One split of the shard folder ``root``, or a one-line ``DataError``: a split named in its ``_info.json``
+    (``val`` also finds timm's ``validation``), or a brace pattern of shard files holding ``num_samples`` samples
+    (spread evenly over the shards for the readers' shares). Class names come from the info (``coat data pack``
+    writes them) or are the indices of ``num_classes`` classes."""
     info_path = root / INFO_FILE
-    if not info_path.is_file():
-        raise DataError(f"{root} has no {INFO_FILE}; write shards with `coat data pack FOLDER {root}`")
     try:
-        info = json.loads(info_path.read_text())
-        entry = info["splits"][split]
-        filenames, lengths = tuple(entry["filenames"]), tuple(int(n) for n in entry["shard_lengths"])
-        class_names = list(info["class_names"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(
-            f"{info_path} has no usable '{split}' split with filenames, shard_lengths and class_names "
-            f"({type(err).__name__}: {err}); rewrite it with `coat data pack`"
-        ) from None
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{info_path} is not JSON ({err}); rewrite it with `coat data pack`") from None
+    if is_shard_pattern(split):
+        filenames = tuple(expand_braces(split))
+        if num_samples is None:
+            raise DataError(
+                f"the shard pattern {split} needs the number of samples it holds: give --train-samples / "
+                "--val-samples, or describe the split in _info.json"
+            )
+        lengths = tuple(len(range(index, num_samples, len(filenames))) for index in range(len(filenames)))
+    else:
+        filenames, lengths = info_split(info, info_path, split)
+        if num_samples is not None:
+            raise DataError(
+                f"--train-samples / --val-samples apply to shard patterns; {info_path} counts split '{split}'"
+            )
     missing = [name for name in filenames if not (root / name).is_file()]
     if missing or len(filenames) != len(lengths):
-        raise DataError(f"{info_path} lists shards that are not in {root} ({missing[:3]}); copy them or re-pack")
-    return ShardSplit(root, split, filenames, lengths, class_names)
+        raise DataError(f"{root} lacks shards of split {split} ({missing[:3]}); copy them or re-pack")
+    return ShardSplit(root, split, filenames, lengths, class_names(info, info_path, num_classes))
+
+
+def info_split(info: dict[str, Any], info_path: Path, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(file names, samples per file) of ``split`` in the split info ``info`` read from ``info_path``."""
+    if not info:
+        raise DataError(
+            f"{info_path} does not exist; write shards with `coat data pack FOLDER {info_path.parent}`, or name "
+            "shard files with --train-split / --val-split PATTERN"
+        )
+    splits = info.get("splits", {})
+    entry = splits.get(split) or (splits.get("validation") if split == "val" else None)
+    try:
+        return tuple(entry["filenames"]), tuple(int(n) for n in entry["shard_lengths"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{info_path} has no usable '{split}' split with filenames and shard_lengths "
+            f"({type(err).__name__}: {err}); rewrite it with `coat data pack`"
+        ) from None
+
+
+def class_names(info: dict[str, Any], info_path: Path, num_classes: int | None) -> list[str]:
+    """The class names of the info, else ``num_classes`` indices as names; they must agree when both are given."""
+    names = info.get("class_names")
+    if names is None and num_classes is None:
+        raise DataError(f"{info_path} names no classes (class_names); give --num-classes")
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise DataError(f"--num-classes {num_classes} disagrees with the {len(names)} class_names of {info_path}")
+    return [str(name) for name in names] if names is not None else [str(index) for index in range(num_classes)]
 
 
 def pack_folder(folder: str | os.PathLike, out: str | os.PathLike, shard_size: int = DEFAULT_SHARD_SIZE) -> dict:

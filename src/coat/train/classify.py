@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..checkpoint import save_checkpoint
 from ..data.batch_augment import BatchTrainTransform
 from ..data.datasets import EMBEDDED_NAME, DataError, Preloaded, collate_skipping_none, embedded_splits, folder_splits
+from ..data.hf_datasets import hf_source, hf_splits
 from ..data.preprocessing import Preprocessing
 from ..data.shards import ShardStream, read_split, shard_root
 from ..data.transforms import EachImage, batch_mixing, crop_transform, pixel_transform, train_transform
@@ -114,6 +115,20 @@ def evaluate(
     )
 
 
+def per_image_train_transform(config: TrainConfig) -> Callable:
+    """The training augmentation of ``config`` as one transform per image (PIL in, normalised tensor out)."""
+    return train_transform(
+        config.input_size,
+        config.scale_min,
+        config.hflip,
+        config.randaugment_magnitude,
+        config.random_erasing,
+        config.mean,
+        config.std,
+        config.rotation,
+    )
+
+
 def split_size(dataset: Dataset) -> int:
     """The number of images in a split (a streamed one counts its shards' samples, not one process's share)."""
     return dataset.split.num_samples if isinstance(dataset, ShardStream) else len(dataset)
@@ -158,16 +173,7 @@ class ClassificationTask:
                     pixel_transform(config.randaugment_magnitude, config.random_erasing, config.mean, config.std)
                 )
             else:
-                train_tf = train_transform(
-                    config.input_size,
-                    config.scale_min,
-                    config.hflip,
-                    config.randaugment_magnitude,
-                    config.random_erasing,
-                    config.mean,
-                    config.std,
-                    config.rotation,
-                )
+                train_tf = per_image_train_transform(config)
             train_set, val_set = self.splits(train_tf, val_tf, info)
         self.classes, self.sizes = train_set.classes, (split_size(train_set), split_size(val_set))
         self.mixing = batch_mixing(config.mixup, config.cutmix, len(self.classes))
@@ -182,11 +188,14 @@ class ClassificationTask:
         return run_loaders(train_set, val_set, info, config, collate_skipping_none, repeats=config.repeated_aug)
 
     def splits(self, train_tf: Callable, val_tf: Callable, info: DistInfo) -> tuple[Dataset, Dataset]:
-        """The training and evaluation sets: the embedded digits, an image folder, or a shard folder
-        (``--data wds:DIR``, streamed)."""
+        """The training and evaluation sets: the embedded digits, an image folder, a Hugging Face dataset
+        (``--data hfds:NAME_OR_PATH``) or a shard folder (``--data wds:DIR``, streamed)."""
         config = self.config
         if config.data is None:
             return embedded_splits(train_tf, val_tf)
+        source = hf_source(config.data)
+        if source is not None:
+            return hf_splits(source, config.train_split, config.val_split, train_tf, val_tf, config.skip_corrupt)
         root = shard_root(config.data)
         if root is None:
             return folder_splits(config.data, train_tf, val_tf, config.skip_corrupt)
@@ -196,9 +205,11 @@ class ClassificationTask:
             "seed": config.seed,
             "skip_corrupt": config.skip_corrupt,
         }
+        train = read_split(root, config.train_split, config.train_samples, config.num_classes)
+        val = read_split(root, config.val_split, config.val_samples, config.num_classes)
         return (
-            ShardStream(read_split(root, "train"), train_tf, shuffle=True, repeats=config.repeated_aug, **common),
-            ShardStream(read_split(root, "val"), val_tf, shuffle=False, **common),
+            ShardStream(train, train_tf, shuffle=True, repeats=config.repeated_aug, **common),
+            ShardStream(val, val_tf, shuffle=False, **common),
         )
 
     def build_model(self) -> CoaT:

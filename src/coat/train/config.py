@@ -51,6 +51,11 @@ class TrainConfig(RunConfig):
     """Image classification (``coat train``)."""
 
     data: str | None = None  # None: the embedded data set
+    train_split: str = "train"  # shards (wds:DIR): a split of DIR/_info.json, or a brace pattern of shard files
+    val_split: str = "val"
+    train_samples: int | None = None  # samples in a --train-split pattern
+    val_samples: int | None = None
+    num_classes: int | None = None  # for shards whose _info.json names no classes
     recipe: str = "imagenet"
     input_size: int = 224
     base_lr: float = 5e-4  # peak lr = base_lr * global batch / 512 unless --lr is given
@@ -120,6 +125,17 @@ _IMAGENET_VARIANT = {
 }
 
 
+# Options of data sources other than folders, and the --data prefixes they go with.
+SOURCE_OPTIONS = {
+    "train_split": ("wds:", "hfds:"),
+    "val_split": ("wds:", "hfds:"),
+    "train_samples": ("wds:",),
+    "val_samples": ("wds:",),
+    "num_classes": ("wds:",),
+}
+SOURCE_NAMES = {"wds:": "wds:DIR (shards)", "hfds:": "hfds:NAME_OR_PATH (Hugging Face datasets)"}
+
+
 def field_names(cls: type[RunConfig] = TrainConfig) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -179,9 +195,24 @@ def resolve(cli: dict[str, Any], yaml_path: str | None = None) -> TrainConfig:
         [
             (config.input_size >= 32, "--input-size must be at least 32 (CoaT's minimum)"),
             (config.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
+            *source_checks(config, given),
         ],
     )
     return config
+
+
+def source_checks(config: TrainConfig, given: dict[str, Any]) -> list[tuple[bool, str]]:
+    """Each data-source option needs a ``--data`` of its kind; counts must be positive."""
+    checks = []
+    for name in sorted(given.keys() & SOURCE_OPTIONS.keys()):
+        prefixes = SOURCE_OPTIONS[name]
+        fits = (config.data or "").startswith(prefixes)
+        where = " or ".join(SOURCE_NAMES[prefix] for prefix in prefixes)
+        checks.append((fits, f"--{name.replace('_', '-')} applies only with --data {where}"))
+    for name in ("train_samples", "val_samples", "num_classes"):
+        value = getattr(config, name)
+        checks.append((value is None or value > 0, f"--{name.replace('_', '-')} must be positive"))
+    return checks
 
 
 def validate(config: RunConfig, task_checks: list[tuple[bool, str]]) -> None:
