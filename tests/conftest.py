@@ -98,3 +98,44 @@ def file_modes(folder: Path) -> dict[str, int]:
 def torchrun_two_processes(port: int) -> list[str]:
     """The command line that starts what follows it in two processes under torchrun, rendezvous on ``port``."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+
+
+def kill_and_resume_matches_straight_run(args: list[str], tmp_path: Path, epochs: int) -> None:
+    """``coat train ARGS`` run straight, and run again killed (SIGKILL) once its first checkpoint exists, then
+    resumed with ``--resume auto`` and persistent workers: every epoch's metrics (to 1e-6: CPU kernels) and the
+    summaries' top-1 are the same."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    def train(output: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "coat.cli", "train", "--output", str(output), *args, *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train(straight).returncode == 0
+    command = [sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args, "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = [json.loads(x)["epoch"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert done and done[-1] < epochs, "the run finished before it could be killed"
+    resumed = train(killed, "--workers", "2", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed" in resumed.stderr + resumed.stdout
+
+    def metrics(run: Path) -> list[dict]:
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in record.items() if "second" not in k} for record in records]
+
+    a, b = metrics(straight), metrics(killed)
+    assert [r["epoch"] for r in b] == list(range(1, epochs + 1))
+    for ra, rb in zip(a, b):
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), (ra["epoch"], key)
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (straight, killed))
+    assert sa["best_top1"] == sb["best_top1"] and sa["final_top1"] == sb["final_top1"]

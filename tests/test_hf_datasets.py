@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ SMALL_RUN += ["--batch-size", "8", "--no-amp", "--workers", "0"]
 def as_hf_split(folder):
     """The images of a class folder as a Hugging Face dataset: the files' bytes in FolderSplit's order."""
     samples = FolderSplit(folder).folder.samples
-    rows = {"img": [{"bytes": open(path, "rb").read(), "path": None} for path, _ in samples]}
+    rows = {"img": [{"bytes": Path(path).read_bytes(), "path": None} for path, _ in samples]}
     rows["label"] = [label for _, label in samples]
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     return datasets.Dataset.from_dict(rows, features=features)

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import coat
 from coat.cli import main
 from coat.train.classify import train_step
 from coat.train.optim import build_optimizer
-from conftest import file_modes, torchrun_two_processes
+from conftest import file_modes, kill_and_resume_matches_straight_run, torchrun_two_processes
 from ddp_reference import make_batch, make_model
 
 TINY = [
@@ -203,42 +201,8 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(image_folder, tmp_
 
 @pytest.mark.slow
 def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
-    # metrics compared to 1e-6: on CPUs (CUDA's atomic-add kernels differ from run to run, resumed or not)
     args = ["--data", str(image_folder), "--epochs", "3", *TINY, "--device", "cpu"]
-    straight = tmp_path / "straight"
-    assert run_cli("train", "--output", str(straight), *args).returncode == 0
-
-    killed = tmp_path / "killed"
-    args += ["--workers", "2"]  # persistent workers: augmentations are drawn from per-sample seeds all the same
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coat.cli", "train", "--output", str(killed), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = [json.loads(x)["epoch"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert done and done[-1] < 3, "the run finished before it could be killed"
-    resumed = run_cli("train", "--output", str(killed), "--resume", "auto", *args)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed" in resumed.stderr + resumed.stdout
-
-    def metrics(run):
-        return [
-            {k: v for k, v in json.loads(x).items() if "second" not in k}
-            for x in (run / "metrics.jsonl").read_text().splitlines()
-        ]
-
-    a, b = metrics(straight), metrics(killed)
-    assert [r["epoch"] for r in b] == [1, 2, 3]
-    for ra, rb in zip(a, b):
-        for key in ra:
-            assert ra[key] == pytest.approx(rb[key], abs=1e-6), (ra["epoch"], key)
-    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (straight, killed))
-    assert sa["best_top1"] == sb["best_top1"] and sa["final_top1"] == sb["final_top1"]
+    kill_and_resume_matches_straight_run(args, tmp_path, epochs=3)
 
 
 # ---------------------------------------------------------------------------- bad input
