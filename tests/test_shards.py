@@ -128,6 +128,7 @@ def test_brace_patterns_name_shards_and_need_their_sample_count(shards, tmp_path
     assert expand_braces("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"] and expand_braces("plain.tar") == ["plain.tar"]
     split = read_split(shards / "wds", "train-{000000..000004}.tar", num_samples=24)
     assert split.shard_lengths == (5, 5, 5, 5, 4) and split.class_names == CLASSES
+    assert read_split(shards / "wds", "train-{000000..000004}.tar|24").shard_lengths == split.shard_lengths  # timm's
     with pytest.raises(DataError, match="needs the number of samples it holds: give --train-samples"):
         read_split(shards / "wds", "train-{000000..000004}.tar")
     with pytest.raises(DataError, match="apply to shard patterns"):

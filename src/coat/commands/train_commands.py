@@ -16,7 +16,7 @@ _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/*, wds:DIR (shards of `coat data pack` or timm), or "
     "hfds:NAME_OR_PATH (a Hugging Face dataset; extra hfds) (default: the embedded MNIST subset)",
     "train_split": "with --data hfds:NAME_OR_PATH, a split name; with --data wds:DIR, a split of DIR/_info.json or "
-    "shard files as a brace pattern ('train-{000000..000099}.tar', with --train-samples)",
+    "shard files as a brace pattern ('train-{000000..000099}.tar' with --train-samples, or timm's 'PATTERN|SAMPLES')",
     "val_split": "as --train-split ('val' also finds a split named 'validation')",
     "train_samples": "samples in a --train-split pattern (the epoch length)",
     "val_samples": "samples in a --val-split pattern",

@@ -87,15 +87,20 @@ def is_shard_pattern(split: str) -> bool:
 def read_split(root: Path, split: str, num_samples: int | None = None, num_classes: int | None = None) -> ShardSplit:
     """One split of the shard folder ``root``, or a one-line ``DataError``: a split named in its ``_info.json``
     (``val`` also finds timm's ``validation``), or a brace pattern of shard files holding ``num_samples`` samples
-    (spread evenly over the shards for the readers' shares). Class names come from the info (``coat data pack``
-    writes them) or are the indices of ``num_classes`` classes."""
+    (or timm's ``PATTERN|SAMPLES``; spread evenly over the shards for the readers' shares). Class names come from
+    the info (``coat data pack`` writes them) or are the indices of ``num_classes`` classes."""
     info_path = root / INFO_FILE
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{info_path} is not JSON ({err}); rewrite it with `coat data pack`") from None
     if is_shard_pattern(split):
-        filenames = tuple(expand_braces(split))
+        pattern, _, count = split.partition("|")  # timm's "PATTERN|SAMPLES" form carries the count
+        if count:
+            num_samples = int(count) if count.isdigit() else -1
+            if num_samples < 1:
+                raise DataError(f"the sample count after '|' in {split} must be a positive whole number")
+        filenames = tuple(expand_braces(pattern))
         if num_samples is None:
             raise DataError(
                 f"the shard pattern {split} needs the number of samples it holds: give --train-samples / "
