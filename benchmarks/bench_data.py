@@ -3,7 +3,8 @@
 Readers, each on the same training images, in this process (one process = one loader worker), alternated over
 ``--repeats`` rounds (the median is reported):
 
-- ``folder``: ``FolderSplit`` (one file per image), in a shuffled order as the training sampler reads it;
+- ``folder``: ``FolderSplit`` (one file per image), in a shuffled order, each image under its own seed, as
+  training reads it;
 - ``shards``: ``ShardStream`` on ``coat data pack``'s shards (tar files read by the standard library's
   ``tarfile``), as in training: shuffled shard order and shuffle buffer, exact quota;
 - ``webdataset``: the ``webdataset`` library on the same shards (``WebDataset(urls).shuffle(buffer).decode("pil")``),
@@ -31,6 +32,7 @@ from coat.data.datasets import FolderSplit
 from coat.data.shards import ShardStream, pack_folder, read_split
 from coat.train.classify import per_image_train_transform
 from coat.train.config import RECIPES, TrainConfig
+from coat.train.loaders import SeededDataset
 
 
 def recipe_transform(name: str) -> Callable | None:
@@ -41,10 +43,10 @@ def recipe_transform(name: str) -> Callable | None:
 
 
 def folder_reader(folder: Path, transform: Callable | None) -> Iterator:
-    split = FolderSplit(folder / "train", transform)
+    split = SeededDataset(FolderSplit(folder / "train", transform))  # each image's own seed, as in training
     order = list(range(len(split)))
     random.Random(0).shuffle(order)
-    return (split[index] for index in order)
+    return (split[index, index] for index in order)
 
 
 def shard_reader(shards: Path, transform: Callable | None) -> Iterator:

@@ -16,7 +16,7 @@ from coat.train.optim import build_optimizer, param_groups, warmup_cosine
 
 
 def test_recipe_defaults_follow_the_data():
-    assert resolve({}).recipe == "small"
+    assert resolve({}).recipe == "digits"
     imagenet = resolve({"data": "/some/folder"})
     assert imagenet.recipe == "imagenet"
     assert (imagenet.mixup, imagenet.cutmix, imagenet.label_smoothing, imagenet.ema_decay) == (0.8, 1.0, 0.1, 0.99996)

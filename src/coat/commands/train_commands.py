@@ -21,13 +21,13 @@ _HELP = {
     "train_samples": "samples in a --train-split pattern (the epoch length)",
     "val_samples": "samples in a --val-split pattern",
     "num_classes": "classes of shards whose _info.json names none (class index = name)",
-    "recipe": f"named recipe: {', '.join(RECIPES)} (default: imagenet with --data, small without)",
+    "recipe": f"named recipe: {', '.join(RECIPES)} (default: imagenet with --data, digits without)",
     "resume": "'auto' (OUTPUT/last.pt if present) or the path of a last.pt",
     "pretrained": "weights to fine-tune from: a released weights name (coat_lite_small, coat_lite_small.authors) "
     "or any checkpoint the library reads; the head is re-initialised",
     "lr": "peak learning rate (default: base_lr x global batch / 512)",
     "device": "auto, cpu, cuda or cuda:N",
-    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small recipe: only on CPUs with AMX, "
+    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small, digits: only on CPUs with AMX, "
     "where it was measured to pay)",
     "compile": "torch.compile the model",
     "overwrite": "replace the run already in --output",

@@ -100,7 +100,7 @@ class Task(Protocol):
 
 # ---------------------------------------------------------------------------- steps
 def amp_enabled(device: torch.device, config: RunConfig) -> bool:
-    """``--amp`` / ``--no-amp``; unset (``None``, the small recipe): bf16 autocast only where it was measured to
+    """``--amp`` / ``--no-amp``; unset (``None``, recipes small, digits): bf16 autocast only where it was measured to
     pay, CPUs with AMX matrix units (coat_lite_tiny, batch 128, 32x32 training step: 294 vs 384 ms; BENCHMARKS.md)."""
     if config.amp is not None:
         return config.amp
