@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from coat.cli import main
-from coat.data.datasets import DataError
+from coat.data.datasets import DataError, eval_split
 from coat.data.shards import ShardStream, expand_braces, pack_folder, read_samples, read_split
 from coat.train.distributed import DistInfo
 from conftest import kill_and_resume_matches_straight_run, make_image_folder, torchrun_two_processes
@@ -135,13 +135,16 @@ def test_brace_patterns_name_shards_and_need_their_sample_count(shards, tmp_path
         read_split(shards / "wds", "train", num_samples=24)
     with pytest.raises(DataError, match=r"lacks shards of split train-\{000000\.\.000009\}\.tar"):
         read_split(shards / "wds", "train-{000000..000009}.tar", num_samples=24)
-    with pytest.raises(DataError, match="--num-classes 4 disagrees with the 3 class_names"):
+    with pytest.raises(DataError, match=r"_info\.json names 3 classes, not 4"):
         read_split(shards / "wds", "train", num_classes=4)
     bare = tmp_path / "bare"
     shutil.copytree(shards / "wds", bare, ignore=shutil.ignore_patterns("_info.json"))
-    with pytest.raises(DataError, match="names no classes"):
+    with pytest.raises(DataError, match=r"bare name no classes \(no class_names in _info\.json\); give --num-classes"):
         read_split(bare, "val-{000000..000002}.tar", num_samples=12)
     assert read_split(bare, "val-000002.tar", 2, num_classes=3).class_names == ["0", "1", "2"]
+    info = json.loads((shards / "wds" / "_info.json").read_text())
+    (bare / "_info.json").write_text(json.dumps({"splits": info["splits"]}))  # timm's info: no class names
+    assert len(eval_split(f"wds:{bare}", None, num_classes=3)) == 12  # coat eval: the checkpoint's class count
 
 
 def test_shard_options_need_shards(capsys):

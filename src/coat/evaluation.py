@@ -57,7 +57,7 @@ def evaluate_checkpoint(
     loaded = load_for_inference(str(checkpoint), model_name)
     model, class_names, num_classes = loaded.model, loaded.class_names, loaded.model.config.num_classes
     preprocessing = model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
-    dataset = eval_split(None if data is None else str(data), preprocessing.transforms(), skip_corrupt)
+    dataset = eval_split(None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes)
     if hasattr(dataset, "classes") and len(dataset.classes) != num_classes:
         raise DataError(
             f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "

@@ -161,7 +161,9 @@ def folder_splits(
     return train, val
 
 
-def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool = False) -> Dataset:
+def eval_split(
+    root: str | Path | None, transform: Callable, skip_corrupt: bool = False, num_classes: int | None = None
+) -> Dataset:
     """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), the ``val`` shards of
     ``wds:DIR``, the ``val`` (or ``validation``) split of ``hfds:NAME_OR_PATH``, or the embedded held-out digits."""
     if root is None:
@@ -174,7 +176,8 @@ def eval_split(root: str | Path | None, transform: Callable, skip_corrupt: bool 
         return HFImages(load_splits(source, ["val"])[0], f"{source} [val]", transform, skip_corrupt)
     shards = shard_root(str(root))
     if shards is not None:
-        return ShardStream(read_split(shards, "val"), transform, shuffle=False, skip_corrupt=skip_corrupt)
+        split = read_split(shards, "val", num_classes=num_classes)  # shards without class names: the model's count
+        return ShardStream(split, transform, shuffle=False, skip_corrupt=skip_corrupt)
     root = Path(root)
     if not root.is_dir():
         raise DataError(

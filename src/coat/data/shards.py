@@ -94,6 +94,8 @@ def read_split(root: Path, split: str, num_samples: int | None = None, num_class
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{info_path} is not JSON ({err}); rewrite it with `coat data pack`") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path} is not a split info (a JSON object); rewrite it with `coat data pack`")
     if is_shard_pattern(split):
         pattern, _, count = split.partition("|")  # timm's "PATTERN|SAMPLES" form carries the count
         if count:
@@ -126,11 +128,11 @@ def info_split(info: dict[str, Any], info_path: Path, split: str) -> tuple[tuple
             f"{info_path} does not exist; write shards with `coat data pack FOLDER {info_path.parent}`, or name "
             "shard files with --train-split / --val-split PATTERN"
         )
-    splits = info.get("splits", {})
-    entry = splits.get(split) or (splits.get("validation") if split == "val" else None)
     try:
+        splits = info["splits"]
+        entry = splits.get(split) or (splits.get("validation") if split == "val" else None)
         return tuple(entry["filenames"]), tuple(int(n) for n in entry["shard_lengths"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise DataError(
             f"{info_path} has no usable '{split}' split with filenames and shard_lengths "
             f"({type(err).__name__}: {err}); rewrite it with `coat data pack`"
@@ -141,9 +143,11 @@ def class_names(info: dict[str, Any], info_path: Path, num_classes: int | None) 
     """The class names of the info, else ``num_classes`` indices as names; they must agree when both are given."""
     names = info.get("class_names")
     if names is None and num_classes is None:
-        raise DataError(f"{info_path} names no classes (class_names); give --num-classes")
+        raise DataError(
+            f"the shards in {info_path.parent} name no classes (no class_names in {INFO_FILE}); give --num-classes"
+        )
     if names is not None and num_classes is not None and len(names) != num_classes:
-        raise DataError(f"--num-classes {num_classes} disagrees with the {len(names)} class_names of {info_path}")
+        raise DataError(f"{info_path} names {len(names)} classes, not {num_classes}")
     return [str(name) for name in names] if names is not None else [str(index) for index in range(num_classes)]
 
 
