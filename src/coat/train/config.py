@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..data.hf_datasets import HF_PREFIX
+from ..data.shards import SHARD_PREFIX
 from ..errors import UsageError
 from ..models.config import VARIANTS
 
@@ -133,13 +135,13 @@ _IMAGENET_VARIANT = {
 
 # Options of data sources other than folders, and the --data prefixes they go with.
 SOURCE_OPTIONS = {
-    "train_split": ("wds:", "hfds:"),
-    "val_split": ("wds:", "hfds:"),
-    "train_samples": ("wds:",),
-    "val_samples": ("wds:",),
-    "num_classes": ("wds:",),
+    "train_split": (SHARD_PREFIX, HF_PREFIX),
+    "val_split": (SHARD_PREFIX, HF_PREFIX),
+    "train_samples": (SHARD_PREFIX,),
+    "val_samples": (SHARD_PREFIX,),
+    "num_classes": (SHARD_PREFIX,),
 }
-SOURCE_NAMES = {"wds:": "wds:DIR (shards)", "hfds:": "hfds:NAME_OR_PATH (Hugging Face datasets)"}
+SOURCE_NAMES = {SHARD_PREFIX: "wds:DIR (shards)", HF_PREFIX: "hfds:NAME_OR_PATH (Hugging Face datasets)"}
 
 
 def field_names(cls: type[RunConfig] = TrainConfig) -> list[str]:
