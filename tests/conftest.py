@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import coat
 from fixture_weights import authors_state_dict
 
 
@@ -45,6 +46,19 @@ def authors_checkpoint(tmp_path_factory):
         return cache[variant]
 
     return make
+
+
+def small_coscale_model(num_classes: int = 5) -> coat.CoaT:
+    """A CoaT with every module kind of the co-scale variants (serial and parallel blocks, resizing between
+    scales) at one block each and narrow widths: for tools whose time grows with the op count (export, dynamo)."""
+    config = coat.CoaTConfig(
+        embed_dims=(32, 48, 48, 48),
+        serial_depths=(1, 1, 1, 1),
+        parallel_depth=1,
+        mlp_ratios=(2, 2, 2, 2),
+        num_classes=num_classes,
+    )
+    return coat.CoaT(config)
 
 
 def make_image_folder(

@@ -12,6 +12,7 @@ from coat import fast
 from coat.fast import cpu_inference, cpu_training
 from coat.fast.kernels import Kernels
 from coat.fast.trunk import run_trunk
+from conftest import small_coscale_model
 
 ALL = coat.list_models()
 
@@ -250,8 +251,8 @@ def test_compiled_model_reproduces_the_fixture_logits(variant, path, authors_che
 
 def test_bf16_training_captures_as_one_graph():
     """What trains on GPUs (bf16 autocast: the reference modules) is captured by dynamo with fullgraph=True
-    (no graph break); checked on CPU without code generation (coat_tiny: every module kind)."""
-    model = coat.create_model("coat_tiny", num_classes=10).train()
+    (no graph break); checked on CPU without code generation (a narrow co-scale CoaT: every module kind)."""
+    model = small_coscale_model(10).train()
     x = torch.randn(2, 3, 64, 96)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.compile(model, fullgraph=True, backend="eager")(x).float().square().mean().backward()

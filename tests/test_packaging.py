@@ -184,29 +184,29 @@ WHEEL_SMOKE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
-    """python -m build, then the slim core and [all] in a new venv: import, forward, coat --help/--version/info."""
+    """python -m build, then the slim core and [all] in a new venv: import, forward, coat info, coat --version."""
     _run([sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", ROOT])
     wheel = next((tmp_path / "dist").glob("coat_pytorch-*.whl"))
     assert wheel.name.startswith(f"coat_pytorch-{coat.__version__}-")
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", venv])
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])  # this pip installs into it (--python)
     # The core's dependencies as installed here (several GB of CUDA-build torch among them), not copied: pip checks
     # their versions against the wheel's and installs only what is missing or too old.
     _link_installed(venv, PYPROJECT["project"]["dependencies"], "core")
     python, coat_cli = venv / "bin" / "python", venv / "bin" / "coat"
+    pip = [sys.executable, "-m", "pip", "--python", python]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env.pop("PYTHONPATH", None)
-    _run([python, "-m", "pip", "install", "-q", wheel], env=env, cwd=tmp_path)
+    _run([*pip, "install", "-q", wheel], env=env, cwd=tmp_path)
     for extra_module in OPTIONAL_MODULES:  # the slim core brought none of the extras
         check = subprocess.run([python, "-c", f"import {extra_module}"], capture_output=True, cwd=tmp_path)
         assert check.returncode != 0, f"{extra_module} came with the slim core"
     assert _run([python, "-c", WHEEL_SMOKE], env=env, cwd=tmp_path).stdout.strip() == "(2, 4)"
-    assert "predict" in _run([coat_cli, "--help"], env=env, cwd=tmp_path).stdout
-    assert _run([coat_cli, "--version"], env=env, cwd=tmp_path).stdout.strip() == f"coat {coat.__version__}"
+    # the console script (each start imports torch: one call of each kind)
     assert "coat_lite_tiny" in _run([coat_cli, "info", "coat_lite_tiny"], env=env, cwd=tmp_path).stdout
     # [all]: the extras as installed here, likewise
     _link_installed(venv, _extra_distributions("all"), "extras")
-    _run([python, "-m", "pip", "install", "-q", f"{wheel}[all]"], env=env, cwd=tmp_path)
+    _run([*pip, "install", "-q", f"{wheel}[all]"], env=env, cwd=tmp_path)
     with_extras = "import matplotlib, tensorboard, pycocotools, onnx, onnxruntime, onnxscript, mlxtend\n" + WHEEL_SMOKE
     assert _run([python, "-c", with_extras], env=env, cwd=tmp_path).stdout.strip() == "(2, 4)"
-    assert "--epochs" in _run([coat_cli, "train", "--help"], env=env, cwd=tmp_path).stdout
+    assert _run([coat_cli, "--version"], env=env, cwd=tmp_path).stdout.strip() == f"coat {coat.__version__}"

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,10 +33,6 @@ TINY = [
     "0.5",
     "--no-amp",
 ]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coat.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -206,42 +201,48 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(image_folder, tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad input
-def _one_line_exit_2(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr[-1500:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("coat ")]
-    assert lines and "Traceback" not in result.stderr, result.stderr[-1500:]
+def _one_line_exit_2(capsys, args: list[str], *needles: str) -> None:
+    """``coat ARGS`` (in this process: the CLI's own error handling) exits 2 with one line naming the problem."""
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("coat ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-1500:]
     for needle in needles:
-        assert needle in lines[-1], lines[-1]
+        assert needle in lines[0], lines[0]
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, capsys):
     _one_line_exit_2(
-        run_cli("train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY), "does not exist"
+        capsys, ["train", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), *TINY], "does not exist"
     )
 
 
-def test_empty_data_folder(tmp_path):
+def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
     (tmp_path / "d" / "val" / "a").mkdir(parents=True)
     _one_line_exit_2(
-        run_cli("train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), *TINY), "no images"
+        capsys, ["train", "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"), *TINY], "no images"
     )
 
 
-def test_class_mismatch(image_folder, tmp_path):
+def test_class_mismatch(image_folder, tmp_path, capsys):
     (image_folder / "val" / "stripes").rename(image_folder / "val" / "zigzag")
     _one_line_exit_2(
-        run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY),
+        capsys,
+        ["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), *TINY],
         "classes differ",
         "zigzag",
     )
 
 
-def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
+def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path, capsys):
     bad = image_folder / "train" / "square" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     _one_line_exit_2(
-        run_cli("train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1", *TINY), str(bad)
+        capsys,
+        ["train", "--data", str(image_folder), "--output", str(tmp_path / "o"), "--epochs", "1", *TINY],
+        str(bad),
     )
     assert (
         main(
@@ -263,12 +264,12 @@ def test_corrupt_image_is_named_or_skipped(image_folder, tmp_path):
     assert record["skipped_images"] >= 1
 
 
-def test_existing_run_is_not_overwritten(image_folder, tmp_path):
+def test_existing_run_is_not_overwritten(image_folder, tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "metrics.jsonl").write_text("{}\n")
     (out / "notes.txt").write_text("mine")
-    _one_line_exit_2(run_cli("train", "--data", str(image_folder), "--output", str(out), *TINY), "--overwrite")
+    _one_line_exit_2(capsys, ["train", "--data", str(image_folder), "--output", str(out), *TINY], "--overwrite")
     assert (out / "metrics.jsonl").read_text() == "{}\n"
     assert (
         main(["train", "--data", str(image_folder), "--output", str(out), "--epochs", "1", "--overwrite", *TINY]) == 0
@@ -276,9 +277,10 @@ def test_existing_run_is_not_overwritten(image_folder, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # only run files are replaced
 
 
-def test_pretrained_of_another_variant(image_folder, authors_checkpoint, tmp_path):
+def test_pretrained_of_another_variant(image_folder, authors_checkpoint, tmp_path, capsys):
     _one_line_exit_2(
-        run_cli(
+        capsys,
+        [
             "train",
             "--data",
             str(image_folder),
@@ -287,7 +289,7 @@ def test_pretrained_of_another_variant(image_folder, authors_checkpoint, tmp_pat
             "--pretrained",
             str(authors_checkpoint("coat_tiny")),
             *TINY,
-        ),
+        ],
         "does not fit",
     )
 

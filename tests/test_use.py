@@ -1,8 +1,6 @@
 """`coat predict | export | explain | bench`, torch.hub and Hugging Face style folders."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,8 @@ from safetensors.torch import save_file
 import coat
 from coat.cli import main
 from coat.data.preprocessing import Preprocessing
-from coat.export import export_onnx, onnx_parity
+from coat.export import onnx_parity
+from conftest import small_coscale_model
 from fixture_weights import authors_state_dict
 
 CLASSES = ["cat", "dog", "fish"]
@@ -88,22 +87,11 @@ def test_thousand_class_checkpoint_gets_imagenet_names(authors_checkpoint, image
         (["notes.png"], "cannot read image"),
     ],
 )
-def test_predict_bad_input(trained_checkpoint, tmp_path, args, needle):
+def test_predict_bad_input(trained_checkpoint, tmp_path, capsys, args, needle):
     (tmp_path / "notes.png").write_text("not an image")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coat.cli",
-            "predict",
-            *[str(tmp_path / a) for a in args],
-            "--checkpoint",
-            str(trained_checkpoint),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+    assert main(["predict", *[str(tmp_path / a) for a in args], "--checkpoint", str(trained_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
 
 
 def test_predict_wrong_checkpoint(images, tmp_path, capsys):
@@ -113,33 +101,25 @@ def test_predict_wrong_checkpoint(images, tmp_path, capsys):
     assert "not a readable" in capsys.readouterr().err
 
 
-def test_export_cli_onnx_parity(trained_checkpoint, tmp_path, capsys, group_umask):
+def test_export_cli_onnx_parity(tmp_path, capsys, group_umask):
+    """``coat export`` of a small co-scale CoaT (parallel blocks: resizing between scales), checked at export and
+    then at other batch sizes and sizes that are not multiples of 32 (one export: each takes ~20 s)."""
     pytest.importorskip("onnxruntime")
-    out = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(trained_checkpoint), "--format", "onnx", "--output", str(out)]) == 0
+    model = small_coscale_model()
+    checkpoint = tmp_path / "ckpt" / "model.safetensors"
+    checkpoint.parent.mkdir()
+    coat.save_checkpoint(model, checkpoint)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "m.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out)]) == 0
     assert "max abs diff 224x224" in capsys.readouterr().out
-    assert out.stat().st_size > 20_000_000 and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # weights inside
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert out.stat().st_size > weight_bytes and [p.name for p in out_dir.iterdir()] == ["m.onnx"]  # weights inside
     assert out.stat().st_mode & 0o777 == group_umask
-    # one file serves other batch sizes and sizes that are not multiples of 32
-    others = onnx_parity(coat.load_model(trained_checkpoint), out, sizes=[(96, 160), (33, 47)], batch=3)
+    others = onnx_parity(model.eval(), out, sizes=[(96, 160), (33, 47)], batch=3)
     assert all(d < 1e-4 for d in others.values())
-    assert main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(out)]) == 2  # no silent overwrite
-
-
-def test_onnx_export_parallel_blocks(tmp_path):
-    """The co-scale path (resizing between scales) in ONNX, on a small CoaT to keep the export quick."""
-    pytest.importorskip("onnxruntime")
-    config = coat.CoaTConfig(
-        embed_dims=(32, 48, 48, 48),
-        serial_depths=(1, 1, 1, 1),
-        parallel_depth=1,
-        mlp_ratios=(2, 2, 2, 2),
-        num_classes=5,
-    )
-    model = coat.CoaT(config)
-    diffs = export_onnx(model, tmp_path / "m.onnx")
-    assert len(diffs) == 2 and all(d < 1e-4 for d in diffs.values())
-    assert onnx_parity(model, tmp_path / "m.onnx", sizes=[(33, 47)], batch=1)["33x47"] < 1e-4
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out)]) == 2  # no silent overwrite
 
 
 def test_torch_export_dynamic_shapes():
