@@ -170,6 +170,22 @@ def test_lr_scales_split_groups_and_keep_the_peak_group_first():
     assert sorted({round(g["initial_lr"], 9) for g in optimizer.param_groups}) == [1e-4, 1e-3, 2e-3]
 
 
+@pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_tiny"])
+def test_the_small_recipe_trains_the_last_stage_at_a_tenth_of_the_lr(name):
+    from coat.train.classify import ClassificationTask
+
+    config = resolve({"data": "folder", "recipe": "small", "model": name})
+    model = coat.create_model(name, num_classes=3)
+    optimizer = build_optimizer(model, 1e-3, 0.05, ClassificationTask(config).lr_scales(model))
+    lr_of = {p: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for param_name, param in model.named_parameters():  # coat_tiny's parallel blocks are not the last stage
+        assert lr_of[param] == pytest.approx(1e-4 if param_name.startswith("stages.3.") else 1e-3), param_name
+    imagenet = resolve({"data": "folder", "model": name})
+    assert ClassificationTask(imagenet).lr_scales(model) == {}  # the authors' recipe: one lr
+    with pytest.raises(coat.errors.UsageError, match="--last-stage-lr-scale"):
+        resolve({"data": "folder", "recipe": "small", "last_stage_lr_scale": -1.0})
+
+
 def test_rotation_turns_the_image_and_zero_keeps_it():
     from PIL import Image
 

@@ -30,6 +30,8 @@ _HELP = {
     "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small, digits: only on CPUs with AMX, "
     "where it was measured to pay)",
     "compile": "torch.compile the model",
+    "last_stage_lr_scale": "learning-rate multiplier of the last stage (small recipe: 0.1; at 32-pixel inputs that "
+    "stage sees one image token, and at the full lr it soon gives every image the same CLS token)",
     "overwrite": "replace the run already in --output",
     "skip_corrupt": "skip unreadable images (counted in the metrics) instead of stopping",
     "pixel_augment_on_device": "loader workers only decode, crop and flip (uint8 batches); RandAugment, "

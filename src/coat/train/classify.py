@@ -236,7 +236,8 @@ class ClassificationTask:
         return config.lr if config.lr is not None else config.base_lr * config.batch_size * world_size / 512
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
-        return {}  # one lr for every parameter
+        scale = self.config.last_stage_lr_scale
+        return {} if scale == 1.0 else {rf"^stages\.{len(model.stages) - 1}\.": scale}
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, peak_lr: float, steps_per_epoch: int
