@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_resolution.py
 	$(PY) benchmarks/bench_op_count.py --all
 	$(PY) benchmarks/bench_input.py
+	$(PY) benchmarks/bench_deploy.py
 
 # One CUDA device, about 6 minutes: ours vs timm, bf16 inference / latency / training, eager and compiled.
 bench-gpu: $(STAMP)

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import coat
 from coat import fast
-from coat.fast import cpu_inference, cpu_training
+from coat.fast import cpu_inference, cpu_training, onnx_export
 from coat.fast.kernels import Kernels
 from coat.fast.trunk import run_trunk
 from conftest import small_coscale_model
@@ -134,6 +134,34 @@ def test_inference_path_equals_reference(name, chunk_elements, monkeypatch):
             reference_logits, reference_maps = model(x), model.forward_intermediates(x, intermediates_only=True)
     for a, b in zip([fast_logits, *fast_maps], [reference_logits, *reference_maps]):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 round-off (deep random models reach 1e4)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_onnx_export_path_equals_reference(name):
+    """The graph ONNX export writes (run eagerly here) is the reference's math."""
+    model = coat.create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 97, 131)  # odd size: CRPE's padding and the resizes between scales
+    with torch.no_grad():
+        path_tokens, path_grids = onnx_export.PATH.tokens(model, x)
+        reference_tokens, reference_grids = model.reference_tokens(x)
+    assert path_grids == reference_grids
+    for a, b in zip(path_tokens, reference_tokens):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_onnx_export_writes_the_onnx_export_path_unless_hooks_or_only_say_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    model = coat.create_model("coat_tiny", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert chosen(model, x) == "onnx_export"
+    with fast.only():
+        assert "onnx_export is not enabled" in fast.choose(model, x).reason
+    handle = model.stages[1].blocks[0].mlp.register_forward_hook(lambda *args: None)
+    assert "hooks" in fast.choose(model, x).reason
+    handle.remove()
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # no path serves: each says why
+        assert "onnx_export needs ONNX export" in fast.choose(model, x).reason  # never outside an export
 
 
 @pytest.mark.parametrize("recompute", [True, False], ids=["recomputing-mlp", "plain-autograd-mlp"])

@@ -105,6 +105,7 @@ def test_export_cli_onnx_parity(tmp_path, capsys, group_umask):
     """``coat export`` of a small co-scale CoaT (parallel blocks: resizing between scales), checked at export and
     then at other batch sizes and sizes that are not multiples of 32 (one export: each takes ~20 s)."""
     pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
     model = small_coscale_model()
     checkpoint = tmp_path / "ckpt" / "model.safetensors"
     checkpoint.parent.mkdir()
@@ -114,6 +115,11 @@ def test_export_cli_onnx_parity(tmp_path, capsys, group_umask):
     out = out_dir / "m.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out)]) == 0
     assert "max abs diff 224x224" in capsys.readouterr().out
+    graph = onnx.load(str(out)).graph  # the onnx_export path's graph: softmax on the last axis, GELU as one op
+    softmax_axes = [attr.i for node in graph.node if node.op_type == "Softmax" for attr in node.attribute]
+    assert softmax_axes and set(softmax_axes) == {-1}
+    ops = {node.op_type for node in graph.node}
+    assert "Gelu" in ops and "Erf" not in ops
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert out.stat().st_size > weight_bytes and [p.name for p in out_dir.iterdir()] == ["m.onnx"]  # weights inside
     assert out.stat().st_mode & 0o777 == group_umask

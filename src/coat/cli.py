@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # coat's own notes at INFO; other libraries' only from WARNING (ONNX export's optimiser logs hundreds of lines)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("coat").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         for extra in getattr(args, "extras", ()):  # optional libraries the command needs

@@ -1,6 +1,7 @@
 """ONNX export with dynamic batch and image size, checked against ONNX Runtime after every export.
 
-Uses PyTorch's ``torch.export``-based ONNX exporter (``dynamo=True``, needs ``onnxscript``): the
+The graph is the seam's ``onnx_export`` path (``coat.fast.onnx_export``): the reference math in the forms ONNX
+Runtime runs fast. Uses PyTorch's ``torch.export``-based ONNX exporter (``dynamo=True``, needs ``onnxscript``): the
 model derives its token grids from the input shape with floor divisions, which ``torch.export``
 keeps symbolic, so one file serves any batch and any H, W >= 32 (square or not, multiple of 32
 or not). The older TorchScript tracer (``dynamo=False``) records those sizes as constants and
@@ -19,6 +20,9 @@ from .files import atomic_write, refuse_overwrite
 from .models.coat import CoaT
 
 PARITY_SIZES = ((224, 224), (160, 288))
+# Opset 20 has GELU as one op (``Gelu``), which ONNX Runtime fuses with the fc1 bias into ``BiasGelu``; at 18 the
+# exporter writes erf's formula in five ops that ONNX Runtime 1.32 runs unfused (BENCHMARKS.md, "Deploying on CPUs").
+DEFAULT_OPSET = 20
 PARITY_TOLERANCE = 1e-4
 # torch.export traces with H, W >= 64 (below that, scale 4's grid has a side of 1, which it would specialise);
 # asking for less makes the exporter trace twice, the first time only to be told this range. The ONNX graph
@@ -35,7 +39,7 @@ class ExportError(CoatError, ValueError):
 
 
 def export_onnx(
-    model: CoaT, path: str | Path, opset: int = 18, check_sizes=PARITY_SIZES, overwrite: bool = False
+    model: CoaT, path: str | Path, opset: int = DEFAULT_OPSET, check_sizes=PARITY_SIZES, overwrite: bool = False
 ) -> dict[str, float]:
     """Write ``model`` as ONNX (an existing ``path`` only with ``overwrite``) and return the max abs difference
     to PyTorch at each check size."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..export import DEFAULT_OPSET
 from ..models.config import VARIANTS
 
 
@@ -43,7 +44,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _add_model_source(export)
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--output", type=Path, required=True)
-    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     export.add_argument("--overwrite", action="store_true")
     export.set_defaults(func=run_export, extras=("export",))
 

@@ -13,9 +13,12 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
 - ``cuda_triton`` (opt-in: not measured yet): CUDA, eager; factorized attention's context from
   Triton kernels. Used only inside ``only("cuda_triton")`` until a GPU run of ``benchmarks/gpu.py``
   shows where it pays.
+- ``onnx_export``: while ``torch.onnx.export`` traces the model, the graph written (the reference math
+  in the forms ONNX Runtime runs fast), so the ops in the file are the ops that run. Measured with ONNX
+  Runtime's CPU provider.
 
 Everything else runs the reference modules, and ``choose(model, x).reason`` says why: tools that
-record or inspect the ops (TorchScript, ONNX export, FX, ``torch.export``, compiled training, any
+record or inspect the ops (TorchScript, FX, ``torch.export``, compiled training, any
 active ``TorchDispatchMode`` such as ``FlopCounterMode``, tensor subclasses), hooks on modules that
 run in the trunk (hooks then see the modules run), pruned models, and calls no path serves.
 
@@ -42,12 +45,12 @@ from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..errors import UsageError
-from . import compiled, cpu_inference, cpu_training, cuda_triton
+from . import compiled, cpu_inference, cpu_training, cuda_triton, onnx_export
 from .path import FastPath, Tokens
 
 Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
 
-FAST_PATHS: tuple[FastPath, ...] = (cpu_inference.PATH, cpu_training.PATH, cuda_triton.PATH)
+FAST_PATHS: tuple[FastPath, ...] = (cpu_inference.PATH, cpu_training.PATH, cuda_triton.PATH, onnx_export.PATH)
 NAMES = tuple(path.name for path in FAST_PATHS)
 _allowed: frozenset[str] = frozenset(path.name for path in FAST_PATHS if path.measured)
 
@@ -68,6 +71,8 @@ def reference(model: nn.Module, x: torch.Tensor) -> Tokens:
 
 def choose(model: nn.Module, x: torch.Tensor) -> Choice:
     """Which implementation runs ``model.forward_tokens(x)`` in the current modes, and why."""
+    if torch.onnx.is_in_onnx_export():
+        return _choose_for_onnx_export(model, x)
     required = _reference_required(model, x)
     if required:
         return Choice("reference", required, reference)
@@ -88,6 +93,16 @@ def choose(model: nn.Module, x: torch.Tensor) -> Choice:
     return Choice("reference", "no fast path serves this call: " + "; ".join(reasons), reference)
 
 
+def _choose_for_onnx_export(model: nn.Module, x: torch.Tensor) -> Choice:
+    """While ``torch.onnx.export`` traces: the ``onnx_export`` path's graph (what ONNX Runtime will run), unless
+    hooks expect the modules to run, the model is pruned, or the seam is limited without it."""
+    path = onnx_export.PATH
+    why_not = _hooks_or_pruned(model) or _why_not(path, model, x)
+    if why_not:
+        return Choice("reference", f"ONNX export: {path.name} {why_not}", reference)
+    return Choice(path.name, "ONNX export: the graph written is the one ONNX Runtime runs", path.tokens)
+
+
 def _why_not(path: FastPath, model: nn.Module, x: torch.Tensor) -> str | None:
     """Why ``path`` cannot run ``model(x)`` now (not enabled, or an unmet condition), or None."""
     return path.why_not(model, x) if path.name in _allowed else "is not enabled (coat.fast.only)"
@@ -99,7 +114,6 @@ def _reference_required(model: nn.Module, x: torch.Tensor) -> str | None:
     checks: tuple[tuple[str, Callable[[], bool]], ...] = (
         ("the fast paths are switched off (coat.fast.only())", lambda: not _allowed),
         ("TorchScript scripting or tracing", lambda: torch.jit.is_scripting() or torch.jit.is_tracing()),
-        ("ONNX export", torch.onnx.is_in_onnx_export),
         ("torch.export", torch.compiler.is_exporting),
         (
             "a tensor subclass or proxy (FX tracing, __torch_function__)",
@@ -109,16 +123,17 @@ def _reference_required(model: nn.Module, x: torch.Tensor) -> str | None:
             "a TorchDispatchMode is active (FlopCounterMode, fake tensors, ...)",
             lambda: not torch.compiler.is_compiling() and is_in_torch_dispatch_mode(include_infra_modes=False),
         ),
-        (
-            "hooks are registered on modules of the trunk (they see the reference modules run)",
-            lambda: _has_hooks(model),
-        ),
-        (
-            "the model is pruned (prune_intermediate_layers); the fast paths run four scales",
-            lambda: len(model.stages) < 4,
-        ),
     )
-    return next((reason for reason, holds in checks if holds()), None)
+    return next((reason for reason, holds in checks if holds()), None) or _hooks_or_pruned(model)
+
+
+def _hooks_or_pruned(model: nn.Module) -> str | None:
+    """Why the model itself needs the reference modules (hooks expect them to run; pruned models), or None."""
+    if _has_hooks(model):
+        return "hooks are registered on modules of the trunk (they see the reference modules run)"
+    if len(model.stages) < 4:
+        return "the model is pruned (prune_intermediate_layers); the fast paths run four scales"
+    return None
 
 
 def _has_hooks(model: nn.Module) -> bool:

@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
-from .kernels import BlockRunner, Kernels, ScaleAttention, ValueEncoder, factorized_attention
+from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, resize_image_tokens, tokens_to_nchw
+from .kernels import BlockRunner, Kernels, ScaleAttention, factorized_attention, merged_crpe
 from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
 from .tiled_mlp import tile_rows
 
@@ -33,7 +32,7 @@ class InferenceKernels(Kernels):
     """Cache-sized chunks and tiles, CRPE as one conv, additions into tensors this call made."""
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
-        encode_values = _merged_crpe(crpe)
+        encode_values = merged_crpe(crpe)
         return lambda attn, x, grid: factorized_attention(attn, x, grid, encode_values, _sliced(x))
 
     def add_position(self, cpe: ConvPosEnc, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -98,17 +97,3 @@ def samples_per_chunk(tokens: torch.Tensor) -> int:
 
 def _sliced(x: torch.Tensor) -> bool:
     return x.shape[1] >= SLICED_HEADS_MIN_TOKENS
-
-
-def _merged_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
-    """CRPE's window groups as one depthwise conv, the smaller kernels zero-padded to the largest window: the
-    same numbers in one call, without copying each group's channels out of ``v``."""
-    largest = max(conv.kernel_size[0] for conv in crpe.convs)
-    weight = torch.cat([F.pad(conv.weight, [(largest - conv.kernel_size[0]) // 2] * 4) for conv in crpe.convs])
-    bias = torch.cat([conv.bias for conv in crpe.convs])
-
-    def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
-        v_image = tokens_to_nchw(v, grid)  # [B, C, H, W] view
-        return nchw_to_tokens(F.conv2d(v_image, weight, bias, padding=largest // 2, groups=weight.shape[0]))
-
-    return encode_values

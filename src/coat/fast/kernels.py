@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..models.blocks import interpolation_mix
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid
+from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 
 # attention(attn, normed tokens [B, N, C], grid) -> attention output with CRPE [B, N, C], for one scale
 ScaleAttention = Callable[[FactorizedAttention, torch.Tensor, Grid], torch.Tensor]
@@ -93,3 +94,17 @@ def _split_heads(x: torch.Tensor, attn: FactorizedAttention) -> torch.Tensor:
 def _head_slices(channels: int, num_heads: int) -> list[slice]:
     d = channels // num_heads
     return [slice(i * d, (i + 1) * d) for i in range(num_heads)]
+
+
+def merged_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
+    """CRPE's window groups as one depthwise conv, the smaller kernels zero-padded to the largest window: the
+    same numbers in one call, without copying each group's channels out of ``v``."""
+    largest = max(conv.kernel_size[0] for conv in crpe.convs)
+    weight = torch.cat([F.pad(conv.weight, [(largest - conv.kernel_size[0]) // 2] * 4) for conv in crpe.convs])
+    bias = torch.cat([conv.bias for conv in crpe.convs])
+
+    def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
+        v_image = tokens_to_nchw(v, grid)  # [B, C, H, W] view
+        return nchw_to_tokens(F.conv2d(v_image, weight, bias, padding=largest // 2, groups=weight.shape[0]))
+
+    return encode_values

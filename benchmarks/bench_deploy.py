@@ -1,0 +1,154 @@
+"""CPU deployment: one CoaT through each runtime people serve it with, same weights, batch 1 and 16, one process.
+
+    python benchmarks/bench_deploy.py [--models coat_lite_tiny coat_tiny] [--repeats 10] [--batch-sizes 1 16]
+
+Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, and for bf16 the top-1 agreement):
+- PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT;
+- ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
+  modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
+  exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
+- OpenVINO (when the ``openvino`` package is installed) on our ONNX file, reshaped to the batch, f32 and bf16
+  (``INFERENCE_PRECISION_HINT``; bf16 runs on AMX / AVX-512 BF16 CPUs only, the row is skipped elsewhere).
+All runtimes use as many threads as PyTorch. Timings are interleaved per batch size; medians are reported, with the
+ratio to our PyTorch eager fp32 in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coat import fast
+from coat.bench import interleaved, machine_line, timm_pair
+from coat.export import export_onnx
+
+SIZE = 224
+
+
+def onnx_runtime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def openvino_model(path: Path, batch: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape([batch, 3, SIZE, SIZE])
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[0]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes in bf16 (AMX or AVX-512 BF16), where OpenVINO's bf16 hint takes effect."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def export_timm_onnx(peer: torch.nn.Module, path: Path) -> None:
+    """timm's CoaT through torch.onnx's TorchScript exporter (its grid is fixed at construction: 224)."""
+    torch.onnx.export(
+        peer,
+        (torch.randn(1, 3, SIZE, SIZE),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}},
+        opset_version=18,
+        dynamo=False,
+    )
+
+
+def torch_call(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+class Runtimes:
+    """One variant (timm-initialised weights, shared by ours and timm's) in every runtime, exported once."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        ours, peer = timm_pair(name, img_size=SIZE)
+        self.ours, self.peer = ours.eval(), peer.eval()
+        self.ours_onnx, timm_onnx = folder / f"{name}.onnx", folder / f"{name}-timm.onnx"
+        plain_onnx = folder / f"{name}-reference-modules.onnx"
+        export_onnx(self.ours, self.ours_onnx)
+        with fast.only():  # what the seam's onnx_export path and opset 20 buy: the reference modules at opset 18
+            export_onnx(self.ours, plain_onnx, opset=18)
+        export_timm_onnx(self.peer, timm_onnx)
+        self.fixed = {
+            "PyTorch eager fp32 (ours)": partial(torch_call, self.ours),
+            "PyTorch eager fp32 (timm)": partial(torch_call, self.peer),
+            "ONNX Runtime (ours)": onnx_runtime_session(self.ours_onnx),
+            "ONNX Runtime (ours: reference modules, opset 18)": onnx_runtime_session(plain_onnx),
+            "ONNX Runtime (timm)": onnx_runtime_session(timm_onnx),
+        }
+
+    def calls(self, batch: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """Every runtime's call for inputs ``[batch, 3, 224, 224]`` (OpenVINO compiles per shape)."""
+        calls = dict(self.fixed)
+        if importlib.util.find_spec("openvino") is not None:
+            calls["OpenVINO f32 (ours)"] = openvino_model(self.ours_onnx, batch, "f32")
+            if cpu_has_bf16():
+                calls["OpenVINO bf16 (ours)"] = openvino_model(self.ours_onnx, batch, "bf16")
+        return calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["coat_lite_tiny", "coat_tiny"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    print(machine_line())
+    print("| model | batch | runtime | img/s | ms | vs ours eager | max abs diff | top-1 agrees |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            models = Runtimes(name, Path(tmp))
+            for batch in args.batch_sizes:
+                calls = models.calls(batch)
+                x = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32)
+                reference = calls["PyTorch eager fp32 (ours)"](x)
+                checks = {label: call(x) for label, call in calls.items()}
+                timings = interleaved(
+                    {label: partial(call, x) for label, call in calls.items()},
+                    batch,
+                    repeats=args.repeats if batch > 1 else 3 * args.repeats,
+                )
+                base = timings["PyTorch eager fp32 (ours)"].median
+                for label, timing in timings.items():
+                    diff = float(np.abs(checks[label] - reference).max())
+                    agree = float((checks[label].argmax(1) == reference.argmax(1)).mean())
+                    print(
+                        f"| {name} | {batch} | {label} | {timing.images_per_second:.1f} | {1000 * timing.median:.1f} "
+                        f"| {base / timing.median:.2f}x | {diff:.1e} | {100 * agree:.0f}% |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
