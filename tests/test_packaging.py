@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import coat
 from coat.extras import EXTRAS, install_line
@@ -117,47 +119,48 @@ def test_embedded_data_names_the_demo_extra(monkeypatch):
         embedded_splits(None, None)
 
 
-def _requirement_name(requirement: str) -> str:
-    for mark in ";[<>=!~ ":
-        requirement = requirement.split(mark)[0]
-    return requirement.strip().lower().replace("_", "-")
-
-
-def _installed_closure(names: list[str]) -> set[str]:
-    """The distributions ``names`` and every distribution they need, as installed here."""
+def _installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` name and every distribution they need, as installed here, following
+    the extras each requirement asks for (torch needs ``cuda-toolkit[cublas,...]``: the CUDA libraries)."""
     seen: set[str] = set()
-    todo = [_requirement_name(name) for name in names]
+    visited: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement(r) for r in requirements]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        requirement = todo.pop()
+        name, extras = canonicalize_name(requirement.name), frozenset(requirement.extras)
+        if (name, extras) in visited:
             continue
+        visited.add((name, extras))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
         seen.add(name)
-        todo += [_requirement_name(r) for r in dist.requires or [] if "extra ==" not in r]
+        for needed in map(Requirement, dist.requires or []):
+            if needed.marker is None or any(needed.marker.evaluate({"extra": extra}) for extra in extras | {""}):
+                todo.append(needed)
     return seen
 
 
-def _extra_distributions(extra: str) -> list[str]:
+def _extra_requirements(extra: str) -> list[str]:
     """What ``pip install coat-pytorch[extra]`` adds, with our self-references (``coat-pytorch[a,b]``) expanded."""
-    names = []
+    requirements = []
     for requirement in PYPROJECT["project"]["optional-dependencies"][extra]:
-        if requirement.startswith("coat-pytorch["):
-            for inner in requirement.split("[")[1].rstrip("]").split(","):
-                names += _extra_distributions(inner)
+        parsed = Requirement(requirement)
+        if parsed.name == "coat-pytorch":
+            for inner in parsed.extras:
+                requirements += _extra_requirements(inner)
         else:
-            names.append(_requirement_name(requirement))
-    return names
+            requirements.append(requirement)
+    return requirements
 
 
-def _link_installed(venv: Path, names: list[str], label: str) -> None:
-    """Make the installed distributions ``names`` (and what they need) visible to a fresh venv: a .pth file
-    pointing at symlinks, so the wheel test copies nothing; pip sees those distributions as installed."""
+def _link_installed(venv: Path, requirements: list[str], label: str) -> None:
+    """Make the installed distributions ``requirements`` name (and what they need) visible to a fresh venv: a .pth
+    file pointing at symlinks, so the wheel test copies nothing; pip sees those distributions as installed."""
     shared = venv / label
     shared.mkdir()
-    for name in _installed_closure(names):
+    for name in _installed_closure(requirements):
         dist = metadata.distribution(name)
         for top in {Path(str(f)).parts[0] for f in dist.files or []}:
             source = Path(dist.locate_file(top))
@@ -205,7 +208,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     # the console script (each start imports torch: one call of each kind)
     assert "coat_lite_tiny" in _run([coat_cli, "info", "coat_lite_tiny"], env=env, cwd=tmp_path).stdout
     # [all]: the extras as installed here, likewise
-    _link_installed(venv, _extra_distributions("all"), "extras")
+    _link_installed(venv, _extra_requirements("all"), "extras")
     _run([*pip, "install", "-q", f"{wheel}[all]"], env=env, cwd=tmp_path)
     with_extras = "import matplotlib, tensorboard, pycocotools, onnx, onnxruntime, onnxscript, mlxtend\n" + WHEEL_SMOKE
     assert _run([python, "-c", with_extras], env=env, cwd=tmp_path).stdout.strip() == "(2, 4)"
