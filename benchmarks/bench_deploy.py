@@ -3,12 +3,14 @@
     python benchmarks/bench_deploy.py [--models coat_lite_tiny coat_tiny] [--repeats 10] [--batch-sizes 1 16]
 
 Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, and for bf16 the top-1 agreement):
-- PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT;
+- PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT; ours in bf16 (``coat predict
+  --dtype bf16``: a bf16 copy of the model);
 - ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
   modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
   exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
-- OpenVINO (when the ``openvino`` package is installed) on our ONNX file, reshaped to the batch, f32 and bf16
-  (``INFERENCE_PRECISION_HINT``; bf16 runs on AMX / AVX-512 BF16 CPUs only, the row is skipped elsewhere).
+- OpenVINO (when the ``openvino`` package is installed) on our ONNX file, compiled for the batch's shape as
+  ``coat predict --runtime openvino`` does, f32 and bf16 (bf16 runs on AMX / AVX-512 BF16 CPUs only, the row is
+  skipped elsewhere).
 All runtimes use as many threads as PyTorch. Timings are interleaved per batch size; medians are reported, with the
 ratio to our PyTorch eager fp32 in the same run.
 """
@@ -28,6 +30,8 @@ import torch
 from coat import fast
 from coat.bench import interleaved, machine_line, timm_pair
 from coat.export import export_onnx
+from coat.openvino_runtime import OpenVinoClassifier
+from coat.runtimes import DTYPES, classifier
 
 SIZE = 224
 
@@ -40,32 +44,6 @@ def onnx_runtime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
-
-
-def openvino_model(path: Path, batch: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(path))
-    model.reshape([batch, 3, SIZE, SIZE])
-    config = {
-        "INFERENCE_PRECISION_HINT": precision,
-        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "PERFORMANCE_HINT": "LATENCY",
-    }
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[0]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes in bf16 (AMX or AVX-512 BF16), where OpenVINO's bf16 hint takes effect."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def export_timm_onnx(peer: torch.nn.Module, path: Path) -> None:
@@ -82,7 +60,7 @@ def export_timm_onnx(peer: torch.nn.Module, path: Path) -> None:
     )
 
 
-def torch_call(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return model(torch.from_numpy(x)).numpy()
 
@@ -101,19 +79,25 @@ class Runtimes:
         export_timm_onnx(self.peer, timm_onnx)
         self.fixed = {
             "PyTorch eager fp32 (ours)": partial(torch_call, self.ours),
+            "PyTorch eager bf16 (ours)": partial(torch_call, classifier(self.ours, "pytorch", "bf16")),
             "PyTorch eager fp32 (timm)": partial(torch_call, self.peer),
             "ONNX Runtime (ours)": onnx_runtime_session(self.ours_onnx),
             "ONNX Runtime (ours: reference modules, opset 18)": onnx_runtime_session(plain_onnx),
             "ONNX Runtime (timm)": onnx_runtime_session(timm_onnx),
         }
+        self.openvino = {}
+        if importlib.util.find_spec("openvino") is not None:
+            import openvino as ov
+
+            from_onnx = ov.Core().read_model(str(self.ours_onnx))
+            self.openvino = {dtype: OpenVinoClassifier(from_onnx, dtype) for dtype in DTYPES}
 
     def calls(self, batch: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-        """Every runtime's call for inputs ``[batch, 3, 224, 224]`` (OpenVINO compiles per shape)."""
+        """Every runtime's call for inputs ``[batch, 3, 224, 224]``."""
         calls = dict(self.fixed)
-        if importlib.util.find_spec("openvino") is not None:
-            calls["OpenVINO f32 (ours)"] = openvino_model(self.ours_onnx, batch, "f32")
-            if cpu_has_bf16():
-                calls["OpenVINO bf16 (ours)"] = openvino_model(self.ours_onnx, batch, "bf16")
+        for dtype, compiled in self.openvino.items():
+            if compiled.precision == dtype:  # bf16 only on CPUs that have it
+                calls[f"OpenVINO {dtype} (ours)"] = compiled.run
         return calls
 
 

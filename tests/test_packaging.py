@@ -210,6 +210,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     # [all]: the extras as installed here, likewise
     _link_installed(venv, _extra_requirements("all"), "extras")
     _run([*pip, "install", "-q", f"{wheel}[all]"], env=env, cwd=tmp_path)
-    with_extras = "import matplotlib, tensorboard, pycocotools, onnx, onnxruntime, onnxscript, mlxtend\n" + WHEEL_SMOKE
+    with_extras = "import matplotlib, tensorboard, pycocotools, onnx, onnxruntime, onnxscript, openvino, mlxtend\n"
+    with_extras += WHEEL_SMOKE
     assert _run([python, "-c", with_extras], env=env, cwd=tmp_path).stdout.strip() == "(2, 4)"
     assert _run([coat_cli, "--version"], env=env, cwd=tmp_path).stdout.strip() == f"coat {coat.__version__}"

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from .checkpoint import authors_to_coat, load_state_into
+from .errors import UsageError
 from .extras import require
 from .factory import create_model, list_models
+from .runtimes import classifier
 
 
 @dataclass
@@ -190,14 +192,22 @@ def benchmark_table(
     x = torch.randn(batch_size, 3, size, size, device=device)
     sync = device_sync(device)
     rows = []
+    if "openvino" in modes and device.type != "cpu":
+        raise UsageError(f"OpenVINO runs on the CPU, not {device}; pass --device cpu")
     for mode in modes:
         runners = {impl: m.to(device).eval() for impl, m in models.items()}
         if mode == "compiled":
             runners = {impl: torch.compile(m) for impl, m in runners.items()}
         for dtype in dtypes:
-            calls = {
-                impl: partial(_inference_call, fn, x, device.type, dtype == "bf16") for impl, fn in runners.items()
-            }
+            if mode == "openvino":  # ours only: OpenVINO computes in ``dtype`` (its precision hint)
+                compiled = classifier(models["coat"], "openvino", dtype)
+                if compiled.precision != dtype:
+                    raise UsageError(f"this CPU has no {dtype} (AMX or AVX-512 BF16); OpenVINO would compute in f32")
+                calls = {"coat": partial(compiled, x)}
+            else:
+                calls = {
+                    impl: partial(_inference_call, fn, x, device.type, dtype == "bf16") for impl, fn in runners.items()
+                }
             if "timm" in calls:
                 diff = (calls["coat"]().float() - calls["timm"]().float()).abs().max().item()
                 limit = 1e-4 if dtype == "fp32" else 5e-2 * max(1.0, calls["timm"]().float().abs().max().item())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,15 +99,18 @@ def predict(
     input_size: int | None = None,
     crop_pct: float | None = None,
     progress: bool = True,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order."""
+    """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order; ``forward`` (images to
+    logits; default: the model itself) is what runs the batches (``coat.runtimes.classifier``)."""
     transform = loaded.model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
     dataset = ImageFiles(paths, transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     k = min(topk, len(loaded.class_names))
+    forward = forward or loaded.model
     results = []
     for images in tqdm(loader, desc="predict", disable=not progress or len(paths) <= batch_size, leave=False):
-        values, indices = loaded.model(images).softmax(dim=-1).topk(k, dim=-1)  # [B, k] each
+        values, indices = forward(images).softmax(dim=-1).topk(k, dim=-1)  # [B, k] each
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
             results.append(
                 {

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from ..export import DEFAULT_OPSET
+from ..extras import require
 from ..models.config import VARIANTS
+from ..runtimes import DTYPES, RUNTIMES
 
 
 def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
@@ -26,6 +28,13 @@ def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
 
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default="pytorch", help="openvino: compiled by OpenVINO for the CPU"
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16 pays on CPUs with AMX (BENCHMARKS.md)")
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="top-k classes for images, folders or glob patterns")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
@@ -35,18 +44,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--workers", type=int, default=0)
     predict.add_argument("--input-size", type=int, help="default: the checkpoint's")
     predict.add_argument("--crop-pct", type=float, help="default: the checkpoint's")
+    _add_runtime(predict)
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     fmt.add_argument("--csv", action="store_true", help="print CSV: path, rank, label, index, prob")
     predict.set_defaults(func=run_predict)
 
-    export = subparsers.add_parser("export", help="export to ONNX (dynamic batch and size), checked with ONNX Runtime")
+    export = subparsers.add_parser(
+        "export", help="export to ONNX or an OpenVINO IR (dynamic batch and size), checked against PyTorch"
+    )
     _add_model_source(export)
-    export.add_argument("--format", choices=["onnx"], default="onnx")
-    export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    export.add_argument("--output", type=Path, required=True, help="the .onnx file, or the IR's folder (openvino)")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(func=run_export, extras=("export",))
+    export.set_defaults(func=run_export)
 
     explain = subparsers.add_parser("explain", help="PNG of the input, per-scale feature energy and Grad-CAM")
     explain.add_argument("image")
@@ -59,7 +71,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--model", choices=list(VARIANTS), default="coat_lite_tiny")
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--size", type=int, default=224)
-    bench.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager"])
+    bench.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "compiled", "openvino"],
+        default=["eager"],
+        help="openvino: our model compiled by OpenVINO for the CPU (timm's CoaT runs in PyTorch modes only)",
+    )
     bench.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=10)
@@ -71,10 +89,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..inference import find_images, load_for_inference, predict
+    from ..runtimes import classifier
 
     loaded = load_for_inference(args.checkpoint, args.model)
     paths = find_images(args.inputs)
-    results = predict(loaded, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct)
+    forward = classifier(loaded.model, args.runtime, args.dtype)
+    results = predict(
+        loaded, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct, forward=forward
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.csv:
@@ -94,16 +116,22 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
     from ..inference import load_for_inference
 
+    require("openvino" if args.format == "openvino" else "export")  # before loading the weights
     loaded = load_for_inference(args.checkpoint, args.model)
-    diffs = export_onnx(loaded.model, args.output, args.opset, overwrite=args.overwrite)
+    if args.format == "openvino":
+        from ..openvino_runtime import export_openvino
+
+        diffs = export_openvino(loaded.model, args.output, overwrite=args.overwrite)
+        written, runtime = f"{args.output}/model.xml, model.bin (OpenVINO IR", "OpenVINO"
+    else:
+        from ..export import export_onnx
+
+        diffs = export_onnx(loaded.model, args.output, args.opset, overwrite=args.overwrite)
+        written, runtime = f"{args.output} (opset {args.opset}", "ONNX Runtime"
     checks = ", ".join(f"{size}: {diff:.1e}" for size, diff in diffs.items())
-    print(
-        f"wrote {args.output} (dynamic batch, height, width; opset {args.opset}); "
-        f"ONNX Runtime vs PyTorch max abs diff {checks}"
-    )
+    print(f"wrote {written}; dynamic batch, height, width); {runtime} vs PyTorch max abs diff {checks}")
     return 0
 
 

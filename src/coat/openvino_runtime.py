@@ -1,0 +1,112 @@
+"""CoaT on OpenVINO: the IR ``coat export --format openvino`` writes, and classifiers compiled for the CPU.
+
+The IR is converted from the ONNX graph ``coat.export`` writes (the seam's ``onnx_export`` path), so it keeps
+dynamic batch, height and width. Its weights stay float32 (``openvino.save_model`` would halve them to float16 by
+default); the precision the CPU computes in is chosen when compiling (``INFERENCE_PRECISION_HINT``): ``f32``, or
+``bf16`` on CPUs with AMX or AVX-512 BF16 (elsewhere OpenVINO computes in f32 and ``precision`` says so).
+Measured against our PyTorch paths and ONNX Runtime in ``benchmarks/bench_deploy.py`` (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .export import PARITY_SIZES, export_onnx, runtime_parity
+from .extras import require
+from .files import atomic_directory, refuse_overwrite
+from .models.coat import CoaT
+
+if TYPE_CHECKING:
+    import openvino
+
+IR_FILE = "model.xml"  # its weights: model.bin beside it
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def convert(model: CoaT) -> openvino.Model:
+    """``model`` (eval mode) as an OpenVINO model with dynamic batch, height and width."""
+    require("openvino")
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model.eval(), onnx_path, check_sizes=())
+        converted = ov.convert_model(onnx_path)
+        # a model read from a file may keep reading its weights from it: copy them out before the file goes
+        return converted.clone()
+
+
+class OpenVinoClassifier:
+    """An OpenVINO model compiled for the CPU: ``classifier(images [B, 3, H, W]) -> logits [B, classes]``.
+
+    Compiled once per input shape: the CPU plugin runs static shapes faster than dynamic ones."""
+
+    def __init__(self, model: openvino.Model, dtype: str = "fp32", threads: int | None = None) -> None:
+        require("openvino")
+        import openvino as ov
+
+        self.model, self.core = model, ov.Core()
+        self.config = {
+            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype],
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self._compiled: dict[tuple[int, ...], openvino.CompiledModel] = {}
+
+    @classmethod
+    def from_ir(cls, path: str | Path, dtype: str = "fp32") -> OpenVinoClassifier:
+        """The IR at ``path`` (a ``model.xml`` or the folder holding one)."""
+        require("openvino")
+        import openvino as ov
+
+        path = Path(path)
+        return cls(ov.Core().read_model(path / IR_FILE if path.is_dir() else path), dtype)
+
+    @property
+    def precision(self) -> str:
+        """What OpenVINO computes in on this CPU: ``bf16`` where asked for and the CPU has it, else ``fp32``."""
+        asked = self.config["INFERENCE_PRECISION_HINT"]
+        has_bf16 = "BF16" in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "bf16" if asked == "bf16" and has_bf16 else "fp32"
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Logits ``[B, classes]`` for float32 ``images`` ``[B, 3, H, W]``."""
+        compiled = self._for_shape(images.shape)
+        return compiled(images)[0].copy()  # the output buffer is the request's, reused by the next call
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(images.float().numpy()))
+
+    def _for_shape(self, shape: tuple[int, ...]) -> openvino.CompiledModel:
+        shape = tuple(shape)
+        if shape not in self._compiled:
+            shaped = self.model.clone()
+            shaped.reshape(list(shape))
+            self._compiled[shape] = self.core.compile_model(shaped, "CPU", self.config)
+        return self._compiled[shape]
+
+
+def export_openvino(
+    model: CoaT, folder: str | Path, check_sizes=PARITY_SIZES, overwrite: bool = False
+) -> dict[str, float]:
+    """Write ``model`` as an OpenVINO IR into ``folder`` (``model.xml``, ``model.bin``; an existing ``folder`` only
+    with ``overwrite``). The IR read back is checked against PyTorch (f32) at ``check_sizes`` before the folder
+    takes its place; returns the max abs difference at each."""
+    folder = Path(folder)
+    refuse_overwrite([folder], overwrite)
+    require("openvino")
+    import openvino as ov
+
+    diffs: dict[str, float] = {}
+
+    def write(tmp: Path) -> None:
+        ov.save_model(convert(model), tmp / IR_FILE, compress_to_fp16=False)
+        diffs.update(runtime_parity(model, OpenVinoClassifier.from_ir(tmp).run, "OpenVINO", check_sizes))
+
+    atomic_directory(folder, write)
+    return diffs
