@@ -9,8 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import coat
 from coat import fast
-from coat.fast import cpu_inference, cpu_training, onnx_export
+from coat.fast import cpu_bf16, cpu_inference, cpu_training, onnx_export
 from coat.fast.kernels import Kernels
+from coat.fast.path import cpu_has_amx
 from coat.fast.trunk import run_trunk
 from conftest import small_coscale_model
 
@@ -134,6 +135,81 @@ def test_inference_path_equals_reference(name, chunk_elements, monkeypatch):
             reference_logits, reference_maps = model(x), model.forward_intermediates(x, intermediates_only=True)
     for a, b in zip([fast_logits, *fast_maps], [reference_logits, *reference_maps]):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float32 round-off (deep random models reach 1e4)
+
+
+needs_mkldnn_bf16 = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 kernels on this CPU"
+)
+
+
+def _bf16_logits(model, x):
+    """Logits of a bf16 copy of ``model`` on the seam's ``cpu_bf16`` kernels, run directly (any CPU with oneDNN's
+    bf16), and on the reference modules in bf16."""
+    bf16_model, x = copy.deepcopy(model).to(torch.bfloat16), x.to(torch.bfloat16)
+    with torch.no_grad():
+        path = bf16_model.forward_head(bf16_model.head_features(cpu_bf16.PATH.tokens(bf16_model, x)[0]))
+        with fast.only():
+            reference = bf16_model(x)
+    return path.float(), reference.float()
+
+
+@needs_mkldnn_bf16
+@pytest.mark.parametrize("name", ALL)
+def test_bf16_path_is_the_reference_within_bf16_round_off(name):
+    """The ``cpu_bf16`` kernels on every variant (odd size: CRPE's padding, resizes between scales): as close to
+    the float32 logits as the reference modules in bf16 are."""
+    torch.manual_seed(0)
+    model = coat.create_model(name, num_classes=10).eval()
+    x = torch.randn(3, 3, 161, 131)
+    with torch.no_grad():
+        expected = model(x)
+    path, reference = _bf16_logits(model, x)
+    scale = expected.abs().max()
+    assert (path - expected).abs().max() <= 1.5 * (reference - expected).abs().max() + 0.01 * scale
+
+
+@needs_mkldnn_bf16
+@pytest.mark.parametrize("variant", ["coat_lite_tiny", "coat_tiny"])
+def test_bf16_path_keeps_the_fixtures_top_classes(variant, authors_checkpoint):
+    from test_parity import fixture
+
+    expected = fixture(variant)
+    model = coat.create_model(variant, pretrained=authors_checkpoint(variant)).eval()
+    path, _ = _bf16_logits(model, expected["input"])
+    assert torch.equal(path.argmax(-1), expected["logits"].argmax(-1))
+    assert (path - expected["logits"]).abs().max() <= 0.03 * expected["logits"].abs().max()
+
+
+def test_bf16_models_take_the_bf16_path_on_amx_cpus_only():
+    model = coat.create_model("coat_lite_tiny", num_classes=3).eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        choice = fast.choose(model, x)
+        if cpu_has_amx():
+            assert choice.name == "cpu_bf16"
+        else:
+            assert choice.name == "reference" and "cpu_bf16 needs a CPU with AMX" in choice.reason
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert chosen(model, x) == "reference"
+    assert chosen(model, x) != "cpu_bf16"  # autograd on
+
+
+@needs_mkldnn_bf16
+def test_bf16_path_sees_weights_changed_in_place():
+    """Its packed copies of the linear weights follow updates (load_state_dict, optimizer steps)."""
+    torch.manual_seed(0)
+    model = coat.create_model("coat_lite_tiny", num_classes=4).eval().to(torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        before, _ = cpu_bf16.PATH.tokens(model, x)
+        model.stages[3].blocks[0].mlp.fc2.weight.mul_(3)
+        model.stages[3].blocks[0].attn.qkv.weight.mul_(-1)
+        after, _ = cpu_bf16.PATH.tokens(model, x)
+        with fast.only():
+            reference, _ = model.reference_tokens(x)
+    assert not torch.allclose(before[3], after[3])
+    scale = reference[3].abs().max()
+    assert (after[3] - reference[3]).abs().max() <= 0.05 * scale
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -8,6 +8,9 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
 - ``cpu_inference``: CPU, float32, no autograd, eval mode, no autocast, the released co-scale mode;
   eager, or inside ``torch.compile`` as one registered operator. Measured on 2-core AMD EPYC (AVX2)
   and Intel Xeon (AVX-512) VMs: eager at batch 1 and 16, compiled at batch 16.
+- ``cpu_bf16``: CPU with AMX, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no autograd, eval
+  mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed once. Measured
+  on a 2-core Intel Xeon with AMX at batch 1 and 16.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager.
   Measured on the same two: training step and peak memory at batch 16.
 - ``cuda_triton`` (opt-in: not measured yet): CUDA, eager; factorized attention's context from
@@ -45,12 +48,18 @@ from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..errors import UsageError
-from . import compiled, cpu_inference, cpu_training, cuda_triton, onnx_export
+from . import compiled, cpu_bf16, cpu_inference, cpu_training, cuda_triton, onnx_export
 from .path import FastPath, Tokens
 
 Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
 
-FAST_PATHS: tuple[FastPath, ...] = (cpu_inference.PATH, cpu_training.PATH, cuda_triton.PATH, onnx_export.PATH)
+FAST_PATHS: tuple[FastPath, ...] = (
+    cpu_inference.PATH,
+    cpu_bf16.PATH,
+    cpu_training.PATH,
+    cuda_triton.PATH,
+    onnx_export.PATH,
+)
 NAMES = tuple(path.name for path in FAST_PATHS)
 _allowed: frozenset[str] = frozenset(path.name for path in FAST_PATHS if path.measured)
 

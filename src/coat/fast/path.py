@@ -26,6 +26,11 @@ class Condition:
     holds: Callable[[nn.Module, torch.Tensor], bool]
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX matrix units (bf16 products in oneDNN pay there; measured on Xeons with AMX)."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 # The conditions of the eager CPU paths (their kernels are measured in float32 without autocast).
 ON_CPU = Condition("a CPU tensor", lambda model, x: x.device.type == "cpu")
 FLOAT32 = Condition("float32 inputs", lambda model, x: x.dtype == torch.float32)

@@ -21,9 +21,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 TILE_HIDDEN_ELEMENTS = 2**19
 
 
-def tile_rows(hidden_dim: int) -> int:
-    """Rows per tile so that one tile's hidden activations take about ``TILE_HIDDEN_ELEMENTS`` floats."""
-    return max(1, TILE_HIDDEN_ELEMENTS // hidden_dim)
+def tile_rows(hidden_dim: int, hidden_elements: int = TILE_HIDDEN_ELEMENTS) -> int:
+    """Rows per tile so that one tile's hidden activations hold about ``hidden_elements`` numbers."""
+    return max(1, hidden_elements // hidden_dim)
 
 
 def _tiles(num_rows: int, rows_per_tile: int) -> Iterator[slice]:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..checkpoint import CheckpointError, load_state_into
 from ..data.datasets import DataError
 from ..errors import CoatError
+from ..fast.path import cpu_has_amx
 from ..files import write_json, write_text
 from .config import RunConfig, to_yaml
 from .distributed import (
@@ -104,8 +105,7 @@ def amp_enabled(device: torch.device, config: RunConfig) -> bool:
     pay, CPUs with AMX matrix units (coat_lite_tiny, batch 128, 32x32 training step: 294 vs 384 ms; BENCHMARKS.md)."""
     if config.amp is not None:
         return config.amp
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return device.type == "cpu" and has_amx()
+    return device.type == "cpu" and cpu_has_amx()
 
 
 def autocast_context(device: torch.device, config: RunConfig) -> contextlib.AbstractContextManager:

@@ -1,0 +1,111 @@
+"""Eager CPU bf16 inference on oneDNN's AMX kernels: a bf16 model (``model.to(torch.bfloat16)``) on bf16 images.
+
+Measured on a 2-core Intel Xeon with AMX against the reference modules in bf16, our float32 path and OpenVINO's bf16
+(BENCHMARKS.md, "Deploying on CPUs"):
+- every Linear runs as oneDNN's fused linear (``mkldnn::_linear_pointwise``) on its weight reordered once into
+  oneDNN's blocked layout (cached per weight and version: an update of the weight is seen): fc1 with the GELU
+  fused, fc2 with the residual addition fused; PyTorch's own bf16 ``linear`` copies its output and runs GELU apart;
+- factorized attention over all heads at once, as block-diagonal matrices: ``softmax(k)^T @ v`` over all channels
+  ``[B, C, C]``, masked to the heads' d x d blocks with the scale folded into the mask, then one ``baddbmm`` adds
+  ``q @ context`` onto CRPE's product: no per-head transposes or copies (the zeroed blocks cost h times the
+  context's few FLOPs);
+- the rest as ``cpu_inference``: sample chunks, CRPE's windows as one conv, additions into tensors made here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ..models.layers import ConvRelPosEnc, FactorizedAttention, Grid
+from .cpu_inference import InferenceKernels
+from .kernels import ScaleAttention, ValueEncoder, merged_crpe
+from .path import NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, cpu_has_amx
+from .tiled_mlp import tile_rows
+
+# 4 MiB of bf16 hidden activations per MLP row tile: the best of 1-4 MiB with coat_lite_tiny at batch 1 and 16
+TILE_HIDDEN_ELEMENTS = 2**21
+_packed_weights = WeakIdKeyDictionary()  # weight -> (its version when packed, the packed weight)
+_head_masks: dict[tuple[int, int, float], torch.Tensor] = {}
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` in oneDNN's blocked layout for ``_linear_pointwise``, reordered once per version."""
+    cached = _packed_weights.get(weight)
+    if cached is None or cached[0] != weight._version:
+        cached = (weight._version, torch.ops.mkldnn._reorder_linear_weight(weight))
+        _packed_weights[weight] = cached
+    return cached[1]
+
+
+def fused_linear(
+    x: torch.Tensor, layer: nn.Linear, activation: str = "none", residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``layer(x)`` on rows ``[M, in]`` -> ``[M, out]``, then GELU (``activation="gelu"``) or ``+ residual``,
+    fused into oneDNN's product."""
+    if residual is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed(layer.weight), layer.bias, "add")
+    algorithm = "none" if activation == "gelu" else ""  # the exact (erf) GELU, as nn.GELU()
+    return torch.ops.mkldnn._linear_pointwise(x, packed(layer.weight), layer.bias, activation, [], algorithm)
+
+
+def head_mask(channels: int, num_heads: int, scale: float) -> torch.Tensor:
+    """``[C, C]`` bf16: ``scale`` on the heads' diagonal d x d blocks, zero elsewhere."""
+    key = (channels, num_heads, scale)
+    if key not in _head_masks:
+        block = torch.full((channels // num_heads,) * 2, scale)
+        _head_masks[key] = torch.block_diag(*[block] * num_heads).to(torch.bfloat16)
+    return _head_masks[key]
+
+
+def block_diagonal_attention(
+    attn: FactorizedAttention, x: torch.Tensor, grid: Grid, encode_values: ValueEncoder
+) -> torch.Tensor:
+    """``FactorizedAttention``'s math with every head in one product: ``[B, N, C]`` -> ``[B, N, C]``."""
+    batch, tokens, channels = x.shape
+    qkv = fused_linear(x.reshape(-1, channels), attn.qkv).view(batch, tokens, -1)  # [B, N, 3C]
+    q, k, v = qkv.chunk(3, dim=-1)  # [B, N, C] views
+    weights = k.transpose(1, 2).softmax(dim=-1)  # [B, C, N]: over tokens
+    context = torch.bmm(weights, v) * head_mask(channels, attn.num_heads, attn.scale)  # [B, C, C]
+    crpe = torch.empty_like(x)  # [B, N, C]: zero for CLS, q * CRPE(v) for the image tokens
+    crpe[:, :1] = 0
+    torch.mul(q[:, 1:], encode_values(v, grid), out=crpe[:, 1:])
+    out = torch.baddbmm(crpe, q, context)  # [B, N, C]
+    return fused_linear(out.view(-1, channels), attn.proj).view(batch, tokens, channels)
+
+
+class Bf16InferenceKernels(InferenceKernels):
+    """oneDNN's fused bf16 linears, attention as block-diagonal products; the rest as ``cpu_inference``."""
+
+    def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
+        encode_values = merged_crpe(crpe)
+        return lambda attn, x, grid: block_diagonal_attention(attn, x, grid, encode_values)
+
+    def add_mlp(self, x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module, drop_path: nn.Module) -> torch.Tensor:
+        """``x + mlp(norm(x))`` into ``x``, tile by tile of rows: fc1 + GELU, fc2 + the tile's residual."""
+        rows = x.view(-1, x.shape[-1])  # [B*N, C]
+        rows_per_tile = tile_rows(mlp.fc1.out_features, TILE_HIDDEN_ELEMENTS)
+        for tile, normed in zip(rows.split(rows_per_tile), norm(rows).split(rows_per_tile)):
+            hidden = fused_linear(normed, mlp.fc1, "gelu")  # [rows, H]
+            tile.copy_(fused_linear(hidden, mlp.fc2, residual=tile))  # [rows, C]
+        return x
+
+
+def _bf16_model_and_input(model: nn.Module, x: torch.Tensor) -> bool:
+    return x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in model.stages[0].parameters())
+
+
+PATH = FastPath(
+    "cpu_bf16",
+    Bf16InferenceKernels(),
+    conditions=(
+        ON_CPU,
+        Condition("a CPU with AMX (where it was measured)", lambda model, x: cpu_has_amx()),
+        Condition("bf16 weights and inputs (model.to(torch.bfloat16))", _bf16_model_and_input),
+        Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled()),
+        NO_CPU_AUTOCAST,
+        Condition("eval mode", lambda model, x: not model.training),
+    ),
+    config={**SIZE_FIELDS, "coscale": ("interpolate",)},
+)
