@@ -4,7 +4,8 @@
 
 Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, and for bf16 the top-1 agreement):
 - PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT; ours in bf16 (``coat predict
-  --dtype bf16``: a bf16 copy of the model);
+  --dtype bf16``: a bf16 copy of the model, the seam's ``cpu_bf16`` path on CPUs with AMX) and its reference
+  modules in bf16;
 - ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
   modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
   exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
@@ -65,6 +66,12 @@ def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> 
         return model(torch.from_numpy(x)).numpy()
 
 
+def reference_call(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
+    """``torch_call`` on the reference modules (what the seam's fast paths buy)."""
+    with fast.only():
+        return torch_call(model, x)
+
+
 class Runtimes:
     """One variant (timm-initialised weights, shared by ours and timm's) in every runtime, exported once."""
 
@@ -77,9 +84,11 @@ class Runtimes:
         with fast.only():  # what the seam's onnx_export path and opset 20 buy: the reference modules at opset 18
             export_onnx(self.ours, plain_onnx, opset=18)
         export_timm_onnx(self.peer, timm_onnx)
+        bf16 = classifier(self.ours, "pytorch", "bf16")
         self.fixed = {
             "PyTorch eager fp32 (ours)": partial(torch_call, self.ours),
-            "PyTorch eager bf16 (ours)": partial(torch_call, classifier(self.ours, "pytorch", "bf16")),
+            "PyTorch eager bf16 (ours)": partial(torch_call, bf16),
+            "PyTorch eager bf16 (ours: reference modules)": partial(reference_call, bf16),
             "PyTorch eager fp32 (timm)": partial(torch_call, self.peer),
             "ONNX Runtime (ours)": onnx_runtime_session(self.ours_onnx),
             "ONNX Runtime (ours: reference modules, opset 18)": onnx_runtime_session(plain_onnx),

@@ -68,6 +68,10 @@ def test_train_on_png_folder_then_eval(image_folder, tmp_path, capsys, group_uma
     assert (out / "eval" / "confusion.png").stat().st_size > 1000
     # results are never overwritten silently
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder)]) == 2
+    bf16 = ["--dtype", "bf16", "--output", str(out / "eval_bf16"), "--workers", "0"]
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(image_folder), *bf16]) == 0
+    in_bf16 = json.loads((out / "eval_bf16" / "results.json").read_text())
+    assert in_bf16["dtype"] == "bf16" and abs(in_bf16["top1"] - results["top1"]) <= 100 / 12  # one image at most
     modes = file_modes(out)  # every file the run and the evaluation wrote, as the umask says
     assert {"last.pt", "best.safetensors", "summary.json", "eval/confusion.png"} <= modes.keys()
     assert set(modes.values()) == {group_umask}, modes

@@ -16,9 +16,11 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .data.datasets import DataError, collate_skipping_none, eval_split
+from .errors import UsageError
 from .files import refuse_overwrite, write_json
 from .inference import load_for_inference
 from .plots import plot_confusion
+from .runtimes import classifier
 from .train.classify import EvalResult, evaluate
 from .train.distributed import pick_device
 
@@ -46,11 +48,14 @@ def evaluate_checkpoint(
     skip_corrupt: bool = False,
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
+    runtime: str = "pytorch",
+    dtype: str = "fp32",
 ) -> ClassificationReport:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix of ``checkpoint`` on ``data`` (a folder of
     ``val/<class>/*`` or ``<class>/*``; None: the embedded held-out digits), with the checkpoint's preprocessing
     (``input_size`` / ``crop_pct`` override it). Writes ``results.json`` and ``confusion.png`` to ``output``
-    (default: ``eval/`` beside the checkpoint), never over earlier results unless ``overwrite``."""
+    (default: ``eval/`` beside the checkpoint), never over earlier results unless ``overwrite``. ``runtime`` and
+    ``dtype`` run the model as ``coat predict`` does (``coat.runtimes.classifier``: OpenVINO on the CPU, bf16)."""
     output = Path(output) if output is not None else Path(checkpoint).resolve().parent / "eval"
     results_path, confusion_path = output / "results.json", output / "confusion.png"
     refuse_overwrite([results_path, confusion_path], overwrite)
@@ -64,8 +69,11 @@ def evaluate_checkpoint(
             "evaluate on data with the same classes"
         )
     target = pick_device(device)
+    if runtime == "openvino" and target.type != "cpu":
+        raise UsageError(f"OpenVINO runs on the CPU, not {target}; pass --device cpu")
+    forward = classifier(model.to(target), runtime, dtype)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_none)
-    result = evaluate(model.to(target), loader, target, num_classes, progress="eval")
+    result = evaluate(forward, loader, target, num_classes, progress="eval")
     record = {
         "checkpoint": str(checkpoint),
         "data": str(data) if data is not None else "embedded held-out split",
@@ -75,6 +83,8 @@ def evaluate_checkpoint(
         "top5": result.top5,
         "loss": result.loss,
         "preprocessing": dataclasses.asdict(preprocessing),
+        "runtime": runtime,
+        "dtype": dtype,
         "per_class_accuracy": dict(zip(class_names, result.per_class_accuracy)),
         "confusion_matrix": result.confusion.tolist(),
     }

@@ -11,6 +11,7 @@ from ..train.classify import fit
 from ..train.config import RECIPES, TrainConfig, resolve
 from .call import call_with_options
 from .config_flags import add_config_flags, given_flags
+from .use_commands import add_runtime_options
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/*, wds:DIR (shards of `coat data pack` or timm), or "
@@ -76,6 +77,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
     ev.add_argument("--skip-corrupt", action="store_true")
+    add_runtime_options(ev)
     ev.set_defaults(func=run_eval, extras=("plots",))
 
 

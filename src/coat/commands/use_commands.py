@@ -28,7 +28,7 @@ def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
 
-def _add_runtime(parser: argparse.ArgumentParser) -> None:
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default="pytorch", help="openvino: compiled by OpenVINO for the CPU"
     )
@@ -44,7 +44,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--workers", type=int, default=0)
     predict.add_argument("--input-size", type=int, help="default: the checkpoint's")
     predict.add_argument("--crop-pct", type=float, help="default: the checkpoint's")
-    _add_runtime(predict)
+    add_runtime_options(predict)
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     fmt.add_argument("--csv", action="store_true", help="print CSV: path, rank, label, index, prob")

@@ -70,7 +70,7 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     device: torch.device,
     num_classes: int,
@@ -78,8 +78,10 @@ def evaluate(
     autocast: contextlib.AbstractContextManager | None = None,
     progress: str | None = None,
 ) -> EvalResult:
-    """Loss, top-1/top-5 and the confusion matrix over ``loader`` (summed over processes)."""
-    model.eval()
+    """Loss, top-1/top-5 and the confusion matrix over ``loader`` (summed over processes); ``model`` is a module (put
+    in eval mode here) or any images-to-logits callable (``coat.runtimes.classifier``)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5_hits = torch.zeros((), dtype=torch.long, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
