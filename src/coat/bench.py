@@ -7,6 +7,7 @@ which our loader reads), so every comparison runs both models on the same inputs
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -164,12 +165,18 @@ def interleaved(
     return {name: Timing(name, s, batch_size) for name, s in seconds.items()}
 
 
-def _inference_call(
-    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device_type: str, bf16: bool
-) -> torch.Tensor:
-    """``model(x)`` without autograd, under bf16 autocast if ``bf16``."""
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+def _inference_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without autograd."""
+    with torch.inference_mode():
         return model(x)
+
+
+def _runner(model: nn.Module, mode: str, dtype: str) -> nn.Module:
+    """``model`` as ``mode`` and ``dtype`` run it: bf16 is a bf16 copy of the weights, as ``coat predict --dtype
+    bf16`` runs it (on CPUs with AMX, our ``cpu_bf16`` path)."""
+    if dtype == "bf16":
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    return torch.compile(model) if mode == "compiled" else model
 
 
 def benchmark_table(
@@ -194,10 +201,8 @@ def benchmark_table(
     rows = []
     if "openvino" in modes and device.type != "cpu":
         raise UsageError(f"OpenVINO runs on the CPU, not {device}; pass --device cpu")
+    models = {impl: m.to(device).eval() for impl, m in models.items()}
     for mode in modes:
-        runners = {impl: m.to(device).eval() for impl, m in models.items()}
-        if mode == "compiled":
-            runners = {impl: torch.compile(m) for impl, m in runners.items()}
         for dtype in dtypes:
             if mode == "openvino":  # ours only: OpenVINO computes in ``dtype`` (its precision hint)
                 compiled = classifier(models["coat"], "openvino", dtype)
@@ -205,9 +210,8 @@ def benchmark_table(
                     raise UsageError(f"this CPU has no {dtype} (AMX or AVX-512 BF16); OpenVINO would compute in f32")
                 calls = {"coat": partial(compiled, x)}
             else:
-                calls = {
-                    impl: partial(_inference_call, fn, x, device.type, dtype == "bf16") for impl, fn in runners.items()
-                }
+                images = x.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+                calls = {impl: partial(_inference_call, _runner(m, mode, dtype), images) for impl, m in models.items()}
             if "timm" in calls:
                 diff = (calls["coat"]().float() - calls["timm"]().float()).abs().max().item()
                 limit = 1e-4 if dtype == "fp32" else 5e-2 * max(1.0, calls["timm"]().float().abs().max().item())

@@ -5,6 +5,8 @@ Measured on a 2-core Intel Xeon with AMX against the reference modules in bf16, 
 - every Linear runs as oneDNN's fused linear (``mkldnn::_linear_pointwise``) on its weight reordered once into
   oneDNN's blocked layout (cached per weight and version: an update of the weight is seen): fc1 with the GELU
   fused, fc2 with the residual addition fused; PyTorch's own bf16 ``linear`` copies its output and runs GELU apart;
+- the depthwise convs (CPE; CRPE's windows merged into one, as in ``cpu_inference``) run as oneDNN's convolution
+  (``mkldnn::_convolution_pointwise``) on weights reordered once the same way: 3-4x ``conv2d`` at batch 1;
 - factorized attention over all heads at once, as block-diagonal matrices: ``softmax(k)^T @ v`` over all channels
   ``[B, C, C]``, masked to the heads' d x d blocks with the scale folded into the mask, then one ``baddbmm`` adds
   ``q @ context`` onto CRPE's product: no per-head transposes or copies (the zeroed blocks cost h times the
@@ -14,29 +16,72 @@ Measured on a 2-core Intel Xeon with AMX against the reference modules in bf16, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..models.layers import ConvRelPosEnc, FactorizedAttention, Grid
+from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 from .cpu_inference import InferenceKernels
-from .kernels import ScaleAttention, ValueEncoder, merged_crpe
+from .kernels import ScaleAttention, ValueEncoder, merged_crpe_weights
 from .path import NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, cpu_has_amx
 from .tiled_mlp import tile_rows
 
 # 4 MiB of bf16 hidden activations per MLP row tile: the best of 1-4 MiB with coat_lite_tiny at batch 1 and 16
 TILE_HIDDEN_ELEMENTS = 2**21
 _packed_weights = WeakIdKeyDictionary()  # weight -> (its version when packed, the packed weight)
+_merged_crpe = WeakIdKeyDictionary()  # CRPE module -> (its weights' versions, packed merged weight, bias, padding)
 _head_masks: dict[tuple[int, int, float], torch.Tensor] = {}
 
 
-def packed(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ``[out, in]`` in oneDNN's blocked layout for ``_linear_pointwise``, reordered once per version."""
+def _pack_once(weight: torch.Tensor, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``pack(weight)``, computed again only after ``weight`` changed (its version counter moved)."""
     cached = _packed_weights.get(weight)
     if cached is None or cached[0] != weight._version:
-        cached = (weight._version, torch.ops.mkldnn._reorder_linear_weight(weight))
+        cached = (weight._version, pack(weight))
         _packed_weights[weight] = cached
     return cached[1]
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` in oneDNN's blocked layout for ``_linear_pointwise``."""
+    return _pack_once(weight, torch.ops.mkldnn._reorder_linear_weight)
+
+
+def depthwise_conv(image: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor, padding: int) -> torch.Tensor:
+    """A depthwise conv (stride 1) of ``image`` ``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last), on a weight
+    of ``packed_conv_weight``."""
+    channels = image.shape[1]
+    return torch.ops.mkldnn._convolution_pointwise(
+        image, packed_weight, bias, [padding] * 2, [1, 1], [1, 1], channels, "none", [], ""
+    )
+
+
+def packed_conv_weight(weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """A depthwise ``weight`` ``[C, 1, k, k]`` in oneDNN's blocked layout for ``depthwise_conv``."""
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, [padding] * 2, [1, 1], [1, 1], weight.shape[0])
+
+
+def packed_cpe_weight(cpe: ConvPosEnc) -> torch.Tensor:
+    return _pack_once(cpe.proj.weight, partial(packed_conv_weight, padding=cpe.proj.padding[0]))
+
+
+def packed_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
+    """``merged_crpe``'s one conv on its merged weight, packed once per version of the window convs' weights."""
+    versions = tuple(conv.weight._version for conv in crpe.convs) + tuple(conv.bias._version for conv in crpe.convs)
+    cached = _merged_crpe.get(crpe)
+    if cached is None or cached[0] != versions:
+        weight, bias, padding = merged_crpe_weights(crpe)
+        cached = (versions, packed_conv_weight(weight, padding), bias, padding)
+        _merged_crpe[crpe] = cached
+    _, weight, bias, padding = cached
+
+    def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return nchw_to_tokens(depthwise_conv(tokens_to_nchw(v, grid), weight, bias, padding))  # [B, H*W, C]
+
+    return encode_values
 
 
 def fused_linear(
@@ -79,17 +124,25 @@ class Bf16InferenceKernels(InferenceKernels):
     """oneDNN's fused bf16 linears, attention as block-diagonal products; the rest as ``cpu_inference``."""
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
-        encode_values = merged_crpe(crpe)
+        encode_values = packed_crpe(crpe)
         return lambda attn, x, grid: block_diagonal_attention(attn, x, grid, encode_values)
 
+    def add_position(self, cpe: ConvPosEnc, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """``ConvPosEnc`` added into the image tokens of ``x`` (as ``cpu_inference``), on the packed conv."""
+        image = tokens_to_nchw(x, grid)  # [B, C, H, W] view
+        image += depthwise_conv(image, packed_cpe_weight(cpe), cpe.proj.bias, cpe.proj.padding[0])
+        return x
+
     def add_mlp(self, x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module, drop_path: nn.Module) -> torch.Tensor:
-        """``x + mlp(norm(x))`` into ``x``, tile by tile of rows: fc1 + GELU, fc2 + the tile's residual."""
+        """``x + mlp(norm(x))`` tile by tile of rows (fc1 + GELU, then fc2 + the tile's residual), as a new tensor:
+        one tile's output is the result as it is (at batch 1, every stage's rows fit one tile)."""
         rows = x.view(-1, x.shape[-1])  # [B*N, C]
         rows_per_tile = tile_rows(mlp.fc1.out_features, TILE_HIDDEN_ELEMENTS)
-        for tile, normed in zip(rows.split(rows_per_tile), norm(rows).split(rows_per_tile)):
-            hidden = fused_linear(normed, mlp.fc1, "gelu")  # [rows, H]
-            tile.copy_(fused_linear(hidden, mlp.fc2, residual=tile))  # [rows, C]
-        return x
+        outs = [
+            fused_linear(fused_linear(normed, mlp.fc1, "gelu"), mlp.fc2, residual=tile)  # [rows, H] -> [rows, C]
+            for tile, normed in zip(rows.split(rows_per_tile), norm(rows).split(rows_per_tile))
+        ]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).view_as(x)
 
 
 def _bf16_model_and_input(model: nn.Module, x: torch.Tensor) -> bool:

@@ -96,15 +96,22 @@ def _head_slices(channels: int, num_heads: int) -> list[slice]:
     return [slice(i * d, (i + 1) * d) for i in range(num_heads)]
 
 
-def merged_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
-    """CRPE's window groups as one depthwise conv, the smaller kernels zero-padded to the largest window: the
-    same numbers in one call, without copying each group's channels out of ``v``."""
+def merged_crpe_weights(crpe: ConvRelPosEnc) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """CRPE's window groups as one depthwise conv: its weight ``[C, 1, k, k]`` (the smaller kernels zero-padded to
+    the largest window ``k``), its bias ``[C]`` and its padding."""
     largest = max(conv.kernel_size[0] for conv in crpe.convs)
     weight = torch.cat([F.pad(conv.weight, [(largest - conv.kernel_size[0]) // 2] * 4) for conv in crpe.convs])
     bias = torch.cat([conv.bias for conv in crpe.convs])
+    return weight, bias, largest // 2
+
+
+def merged_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
+    """CRPE's window groups as one depthwise conv (``merged_crpe_weights``): the same numbers in one call, without
+    copying each group's channels out of ``v``."""
+    weight, bias, padding = merged_crpe_weights(crpe)
 
     def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
         v_image = tokens_to_nchw(v, grid)  # [B, C, H, W] view
-        return nchw_to_tokens(F.conv2d(v_image, weight, bias, padding=largest // 2, groups=weight.shape[0]))
+        return nchw_to_tokens(F.conv2d(v_image, weight, bias, padding=padding, groups=weight.shape[0]))
 
     return encode_values
