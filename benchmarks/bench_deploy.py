@@ -11,7 +11,8 @@ Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, 
   exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
 - OpenVINO (when the ``openvino`` package is installed) on our ONNX file, compiled for the batch's shape as
   ``coat predict --runtime openvino`` does, f32 and bf16 (bf16 runs on AMX / AVX-512 BF16 CPUs only, the row is
-  skipped elsewhere).
+  skipped elsewhere), and int8 when ``nncf`` is installed (NNCF's post-training quantization, the layers it leaves
+  unquantized in bf16 where the CPU has it).
 All runtimes use as many threads as PyTorch. Timings are interleaved per batch size; medians are reported, with the
 ratio to our PyTorch eager fp32 in the same run.
 """
@@ -24,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +35,9 @@ from coat.bench import interleaved, machine_line, timm_pair
 from coat.export import export_onnx
 from coat.openvino_runtime import OpenVinoClassifier
 from coat.runtimes import DTYPES, classifier
+
+if TYPE_CHECKING:
+    import openvino
 
 SIZE = 224
 
@@ -45,6 +50,15 @@ def onnx_runtime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
+
+
+def int8_model(model: openvino.Model) -> openvino.Model:
+    """NNCF's post-training int8 quantization (transformer preset), calibrated on 16 random images: for speed only
+    (its accuracy needs the user's images)."""
+    import nncf
+
+    images = [np.random.default_rng(i).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32) for i in range(16)]
+    return nncf.quantize(model, nncf.Dataset(images), model_type=nncf.ModelType.TRANSFORMER, subset_size=16)
 
 
 def export_timm_onnx(peer: torch.nn.Module, path: Path) -> None:
@@ -100,12 +114,16 @@ class Runtimes:
 
             from_onnx = ov.Core().read_model(str(self.ours_onnx))
             self.openvino = {dtype: OpenVinoClassifier(from_onnx, dtype) for dtype in DTYPES}
+            if importlib.util.find_spec("nncf") is not None:
+                self.openvino["int8"] = OpenVinoClassifier(int8_model(from_onnx), "bf16")
 
     def calls(self, batch: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """Every runtime's call for inputs ``[batch, 3, 224, 224]``."""
         calls = dict(self.fixed)
         for dtype, compiled in self.openvino.items():
-            if compiled.precision == dtype:  # bf16 only on CPUs that have it
+            if dtype == "int8":
+                calls[f"OpenVINO int8 + {compiled.precision} (ours, NNCF)"] = compiled.run
+            elif compiled.precision == dtype:  # bf16 only on CPUs that have it
                 calls[f"OpenVINO {dtype} (ours)"] = compiled.run
         return calls
 
