@@ -212,6 +212,23 @@ def test_bf16_path_sees_weights_changed_in_place():
     assert (after[3] - reference[3]).abs().max() <= 0.05 * scale
 
 
+@needs_mkldnn_bf16
+def test_bf16_path_runs_a_model_made_in_inference_mode():
+    """Weights made under ``torch.inference_mode`` have no version counter: packed on every call instead."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = coat.create_model("coat_tiny", num_classes=4).eval().to(torch.bfloat16)
+        x = torch.randn(2, 3, 64, 64, dtype=torch.bfloat16)
+        cpu_bf16.PATH.tokens(model, x)  # a first call: nothing it packed may serve the second
+        model.stages[3].blocks[0].mlp.fc2.weight.mul_(3)  # changed in place, untracked
+        model.stages[1].crpe.convs[0].weight.mul_(-1)
+        changed, _ = cpu_bf16.PATH.tokens(model, x)
+        with fast.only():
+            reference, _ = model.reference_tokens(x)
+    for ours, expected in zip(changed, reference):
+        assert (ours - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_onnx_export_path_equals_reference(name):
     """The graph ONNX export writes (run eagerly here) is the reference's math."""

@@ -37,7 +37,10 @@ _head_masks: dict[tuple[int, int, float], torch.Tensor] = {}
 
 
 def _pack_once(weight: torch.Tensor, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``pack(weight)``, computed again only after ``weight`` changed (its version counter moved)."""
+    """``pack(weight)``, computed again only after ``weight`` changed (its version counter moved). Tensors made
+    under ``torch.inference_mode`` have no version counter: theirs is packed on every call."""
+    if weight.is_inference():
+        return pack(weight)
     cached = _packed_weights.get(weight)
     if cached is None or cached[0] != weight._version:
         cached = (weight._version, pack(weight))
@@ -70,9 +73,10 @@ def packed_cpe_weight(cpe: ConvPosEnc) -> torch.Tensor:
 
 def packed_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
     """``merged_crpe``'s one conv on its merged weight, packed once per version of the window convs' weights."""
-    versions = tuple(conv.weight._version for conv in crpe.convs) + tuple(conv.bias._version for conv in crpe.convs)
+    tensors = [t for conv in crpe.convs for t in (conv.weight, conv.bias)]
+    versions = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
     cached = _merged_crpe.get(crpe)
-    if cached is None or cached[0] != versions:
+    if versions is None or cached is None or cached[0] != versions:  # None: made in inference mode, no versions
         weight, bias, padding = merged_crpe_weights(crpe)
         cached = (versions, packed_conv_weight(weight, padding), bias, padding)
         _merged_crpe[crpe] = cached
