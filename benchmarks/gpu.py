@@ -52,7 +52,7 @@ class Setting:
 
 
 FULL = Setting("cuda", 224, 256, 128, 10, 50, tuple(MODELS), tuple(MODELS), "inductor")
-QUICK = Setting("cpu", 64, 2, 2, 1, 2, ("coat_lite_tiny", "coat_tiny"), ("coat_lite_tiny",), "eager")
+QUICK = Setting("cpu", 32, 2, 2, 1, 2, ("coat_lite_tiny", "coat_tiny"), ("coat_lite_tiny",), "eager")
 
 
 @dataclass

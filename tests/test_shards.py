@@ -145,6 +145,12 @@ def test_brace_patterns_name_shards_and_need_their_sample_count(shards, tmp_path
     info = json.loads((shards / "wds" / "_info.json").read_text())
     (bare / "_info.json").write_text(json.dumps({"splits": info["splits"]}))  # timm's info: no class names
     assert len(eval_split(f"wds:{bare}", None, num_classes=3)) == 12  # coat eval: the checkpoint's class count
+    pattern = eval_split(f"wds:{bare}", None, num_classes=3, split="val-{000000..000002}.tar", num_samples=12)
+    assert len(pattern) == 12  # coat eval --split PATTERN --samples N
+    with pytest.raises(DataError, match="--samples counts the images of a shard pattern"):
+        eval_split(str(tmp_path), None, num_samples=12)
+    with pytest.raises(DataError, match="one held-out split, 'val', not 'train'"):
+        eval_split(None, None, split="train")
 
 
 def test_shard_options_need_shards(capsys):
@@ -164,6 +170,13 @@ def test_train_from_shards_resumes_like_an_uninterrupted_run_and_eval_agrees(sha
     assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", data, "--workers", "0"]) == 0
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["images"] == 12 and results["top1"] == pytest.approx(summary["best_top1"])
+    bare = tmp_path / "bare"  # shards named by a pattern, without _info.json
+    shutil.copytree(shards / "wds", bare, ignore=shutil.ignore_patterns("_info.json"))
+    by_pattern = ["--data", f"wds:{bare}", "--split", "val-{000000..000002}.tar", "--samples", "12"]
+    args = ["eval", "--checkpoint", str(out / "best.safetensors"), *by_pattern, "--workers", "0"]
+    assert main([*args, "--output", str(tmp_path / "by-pattern")]) == 0
+    again = json.loads((tmp_path / "by-pattern" / "results.json").read_text())
+    assert again["top1"] == results["top1"] and again["split"] == "val-{000000..000002}.tar"
 
 
 def test_split_in_proportion():

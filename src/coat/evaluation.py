@@ -50,9 +50,12 @@ def evaluate_checkpoint(
     overwrite: bool = False,
     runtime: str = "pytorch",
     dtype: str = "fp32",
+    split: str = "val",
+    samples: int | None = None,
 ) -> ClassificationReport:
     """Top-1 / top-5, loss, per-class accuracy and the confusion matrix of ``checkpoint`` on ``data`` (a folder of
-    ``val/<class>/*`` or ``<class>/*``; None: the embedded held-out digits), with the checkpoint's preprocessing
+    ``<split>/<class>/*`` or ``<class>/*``, ``wds:DIR`` or ``hfds:NAME_OR_PATH``; None: the embedded held-out
+    digits; ``split`` names the split, or a shard pattern of ``samples`` images), with the checkpoint's preprocessing
     (``input_size`` / ``crop_pct`` override it). Writes ``results.json`` and ``confusion.png`` to ``output``
     (default: ``eval/`` beside the checkpoint), never over earlier results unless ``overwrite``. ``runtime`` and
     ``dtype`` run the model as ``coat predict`` does (``coat.runtimes.classifier``: OpenVINO on the CPU, bf16)."""
@@ -62,7 +65,9 @@ def evaluate_checkpoint(
     loaded = load_for_inference(str(checkpoint), model_name)
     model, class_names, num_classes = loaded.model, loaded.class_names, loaded.model.config.num_classes
     preprocessing = model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
-    dataset = eval_split(None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes)
+    dataset = eval_split(
+        None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes, split, samples
+    )
     if hasattr(dataset, "classes") and len(dataset.classes) != num_classes:
         raise DataError(
             f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
@@ -77,6 +82,7 @@ def evaluate_checkpoint(
     record = {
         "checkpoint": str(checkpoint),
         "data": str(data) if data is not None else "embedded held-out split",
+        "split": split,
         "images": result.count,
         "skipped_images": result.skipped,
         "top1": result.top1,

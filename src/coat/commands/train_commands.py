@@ -64,6 +64,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="folder with val/<class>/* or <class>/*, wds:DIR or hfds:NAME_OR_PATH (its val split) (default: the "
         "embedded held-out split)",
     )
+    ev.add_argument(
+        "--split",
+        default="val",
+        help="the split to evaluate: a folder's subfolder, a split of wds:/hfds: data ('val' also finds "
+        "'validation'), or a brace pattern of shards such as 'val-{0000..0003}.tar' with --samples",
+    )
+    ev.add_argument("--samples", type=int, help="images in a --split shard pattern (wds: data without _info.json)")
     ev.add_argument("--input-size", type=int, help="default: the checkpoint's")
     ev.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the checkpoint's, e.g. 0.875)")
     ev.add_argument("--batch-size", type=int, default=64)

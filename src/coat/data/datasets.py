@@ -168,28 +168,38 @@ def folder_splits(
 
 
 def eval_split(
-    root: str | Path | None, transform: Callable, skip_corrupt: bool = False, num_classes: int | None = None
+    root: str | Path | None,
+    transform: Callable,
+    skip_corrupt: bool = False,
+    num_classes: int | None = None,
+    split: str = "val",
+    num_samples: int | None = None,
 ) -> Dataset:
-    """The split to evaluate: ``root/val`` (or ``root`` itself holding class folders), the ``val`` shards of
-    ``wds:DIR``, the ``val`` (or ``validation``) split of ``hfds:NAME_OR_PATH``, or the embedded held-out digits."""
-    if root is None:
-        return embedded_splits(None, transform)[1]
+    """The split to evaluate: ``root/<split>`` (or ``root`` itself holding class folders), the ``split`` of
+    ``wds:DIR`` (a name in its ``_info.json``, or a shard pattern holding ``num_samples``), the ``split`` of
+    ``hfds:NAME_OR_PATH`` (``val`` also finds ``validation``), or the embedded held-out digits."""
     from .hf_datasets import HFImages, hf_source, load_splits  # both import this module
     from .shards import ShardStream, read_split, shard_root
 
+    shards = None if root is None else shard_root(str(root))
+    if num_samples is not None and shards is None:
+        raise DataError("--samples counts the images of a shard pattern; it applies to --data wds:DIR only")
+    if shards is not None:  # shards without class names: the model's count
+        split_read = read_split(shards, split, num_samples, num_classes)
+        return ShardStream(split_read, transform, shuffle=False, skip_corrupt=skip_corrupt)
+    if root is None:
+        if split != "val":
+            raise DataError(f"the embedded digits have one held-out split, 'val', not '{split}'; drop --split")
+        return embedded_splits(None, transform)[1]
     source = hf_source(str(root))
     if source is not None:
-        return HFImages(load_splits(source, ["val"])[0], f"{source} [val]", transform, skip_corrupt)
-    shards = shard_root(str(root))
-    if shards is not None:
-        split = read_split(shards, "val", num_classes=num_classes)  # shards without class names: the model's count
-        return ShardStream(split, transform, shuffle=False, skip_corrupt=skip_corrupt)
+        return HFImages(load_splits(source, [split])[0], f"{source} [{split}]", transform, skip_corrupt)
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data folder {root} does not exist; pass a folder with <class>/<image> files or DIR/val/<class>/*"
+            f"data folder {root} does not exist; pass a folder with <class>/<image> files or DIR/{split}/<class>/*"
         )
-    return FolderSplit(root / "val" if (root / "val").is_dir() else root, transform, skip_corrupt)
+    return FolderSplit(root / split if (root / split).is_dir() else root, transform, skip_corrupt)
 
 
 def collate_skipping_none(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
