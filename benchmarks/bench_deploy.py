@@ -5,7 +5,7 @@
 Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, and for bf16 the top-1 agreement):
 - PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT; ours in bf16 (``coat predict
   --dtype bf16``: a bf16 copy of the model, the seam's ``cpu_bf16`` path on CPUs with AMX) and its reference
-  modules in bf16;
+  modules in bf16, on CPUs where oneDNN has bf16 kernels;
 - ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
   modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
   exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     import openvino
 
 SIZE = 224
+# PyTorch's bf16 rows only where oneDNN has bf16 kernels (AVX-512 BF16, AMX): on an AVX2 CPU bf16 ran at 0.09-0.11x
+# float32 (BENCHMARKS.md), minutes of timing that say only "keep float32"
+HAS_BF16_KERNELS = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def onnx_runtime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -98,11 +101,12 @@ class Runtimes:
         with fast.only():  # what the seam's onnx_export path and opset 20 buy: the reference modules at opset 18
             export_onnx(self.ours, plain_onnx, opset=18)
         export_timm_onnx(self.peer, timm_onnx)
-        bf16 = classifier(self.ours, "pytorch", "bf16")
-        self.fixed = {
-            "PyTorch eager fp32 (ours)": partial(torch_call, self.ours),
-            "PyTorch eager bf16 (ours)": partial(torch_call, bf16),
-            "PyTorch eager bf16 (ours: reference modules)": partial(reference_call, bf16),
+        self.fixed = {"PyTorch eager fp32 (ours)": partial(torch_call, self.ours)}
+        if HAS_BF16_KERNELS:
+            bf16 = classifier(self.ours, "pytorch", "bf16")
+            self.fixed["PyTorch eager bf16 (ours)"] = partial(torch_call, bf16)
+            self.fixed["PyTorch eager bf16 (ours: reference modules)"] = partial(reference_call, bf16)
+        self.fixed |= {
             "PyTorch eager fp32 (timm)": partial(torch_call, self.peer),
             "ONNX Runtime (ours)": onnx_runtime_session(self.ours_onnx),
             "ONNX Runtime (ours: reference modules, opset 18)": onnx_runtime_session(plain_onnx),
@@ -135,6 +139,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     print(machine_line())
+    if not HAS_BF16_KERNELS:
+        print("no PyTorch bf16 rows: oneDNN has no bf16 kernels on this CPU (bf16 runs emulated, ~10x slower)")
     print("| model | batch | runtime | img/s | ms | vs ours eager | max abs diff | top-1 agrees |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

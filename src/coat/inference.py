@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import read_checkpoint
 from .data.datasets import DataError, load_rgb
+from .data.preprocessing import Preprocessing
 from .errors import UsageError
 from .factory import create_model, infer_variant, load_model
 from .models.coat import CoaT
@@ -31,6 +32,16 @@ class LoadedModel:
     model: CoaT
     class_names: list[str]
     source: str
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """What prediction needs of a model, whatever runs it: images ``[B, 3, H, W]`` -> logits ``[B, classes]``
+    (float32 in and out), the class names and the preprocessing (``coat.runtimes.load_predictor``)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    class_names: list[str]
+    preprocessing: Preprocessing
 
 
 def imagenet_class_names() -> list[str]:
@@ -91,7 +102,7 @@ class ImageFiles(Dataset):
 
 @torch.no_grad()
 def predict(
-    loaded: LoadedModel,
+    predictor: Predictor,
     paths: list[Path],
     topk: int = 5,
     batch_size: int = 32,
@@ -99,25 +110,22 @@ def predict(
     input_size: int | None = None,
     crop_pct: float | None = None,
     progress: bool = True,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order; ``forward`` (images to
-    logits; default: the model itself) is what runs the batches (``coat.runtimes.classifier``)."""
-    transform = loaded.model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
+    """``[{"path", "topk": [{"label", "index", "prob"}]}]`` for every image, in order, with the predictor's
+    preprocessing (``input_size`` / ``crop_pct`` override it)."""
+    transform = predictor.preprocessing.replace(input_size=input_size, crop_pct=crop_pct).transforms()
     dataset = ImageFiles(paths, transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    k = min(topk, len(loaded.class_names))
-    forward = forward or loaded.model
+    class_names = predictor.class_names
+    k = min(topk, len(class_names))
     results = []
     for images in tqdm(loader, desc="predict", disable=not progress or len(paths) <= batch_size, leave=False):
-        values, indices = forward(images).softmax(dim=-1).topk(k, dim=-1)  # [B, k] each
+        values, indices = predictor.forward(images).softmax(dim=-1).topk(k, dim=-1)  # [B, k] each
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
             results.append(
                 {
                     "path": str(paths[len(results)]),
-                    "topk": [
-                        {"label": loaded.class_names[i], "index": i, "prob": p} for p, i in zip(row_values, row_indices)
-                    ],
+                    "topk": [{"label": class_names[i], "index": i, "prob": p} for p, i in zip(row_values, row_indices)],
                 }
             )
     return results

@@ -5,10 +5,14 @@ dynamic batch, height and width. Its weights stay float32 (``openvino.save_model
 default); the precision the CPU computes in is chosen when compiling (``INFERENCE_PRECISION_HINT``): ``f32``, or
 ``bf16`` on CPUs with AMX or AVX-512 BF16 (elsewhere OpenVINO computes in f32 and ``precision`` says so).
 Measured against our PyTorch paths and ONNX Runtime in ``benchmarks/bench_deploy.py`` (BENCHMARKS.md).
+
+The IR carries what serving it needs beside the graph, in its runtime info under ``coat``: the class names and the
+preprocessing (JSON), so ``coat predict --checkpoint DIR --runtime openvino`` runs it without the PyTorch weights.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .checkpoint import CheckpointError
+from .data.preprocessing import Preprocessing
 from .export import PARITY_SIZES, export_onnx, runtime_parity
 from .extras import require
 from .files import atomic_directory, refuse_overwrite
@@ -26,6 +32,29 @@ if TYPE_CHECKING:
 
 IR_FILE = "model.xml"  # its weights: model.bin beside it
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+METADATA = "coat"  # the IR's runtime-info section holding "class_names" and "preprocessing" (JSON each)
+
+
+def is_ir(path: str | Path) -> bool:
+    """Whether ``path`` names an OpenVINO IR: a ``.xml`` file or a folder holding ``model.xml``."""
+    path = Path(path)
+    return path.suffix == ".xml" or (path / IR_FILE).is_file()
+
+
+def read_ir(path: str | Path, dtype: str = "fp32") -> tuple[OpenVinoClassifier, list[str], Preprocessing]:
+    """The IR ``coat export --format openvino`` wrote at ``path``: its classifier computing in ``dtype``, its class
+    names and its preprocessing; a one-line ``CheckpointError`` for an IR without them."""
+    classifier = OpenVinoClassifier.from_ir(path, dtype)
+    info = classifier.model.get_rt_info()
+    if METADATA not in info:
+        raise CheckpointError(
+            f"{path} holds no class names or preprocessing (not written by `coat export --format openvino`); "
+            "export it again from its checkpoint"
+        )
+    section = info[METADATA]
+    class_names = json.loads(section["class_names"].astype(str))
+    preprocessing = Preprocessing.from_dict(json.loads(section["preprocessing"].astype(str)))
+    return classifier, class_names, preprocessing
 
 
 def convert(model: CoaT) -> openvino.Model:
@@ -92,11 +121,16 @@ class OpenVinoClassifier:
 
 
 def export_openvino(
-    model: CoaT, folder: str | Path, check_sizes=PARITY_SIZES, overwrite: bool = False
+    model: CoaT,
+    folder: str | Path,
+    class_names: list[str],
+    check_sizes=PARITY_SIZES,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Write ``model`` as an OpenVINO IR into ``folder`` (``model.xml``, ``model.bin``; an existing ``folder`` only
-    with ``overwrite``). The IR read back is checked against PyTorch (f32) at ``check_sizes`` before the folder
-    takes its place; returns the max abs difference at each."""
+    with ``overwrite``), with ``class_names`` and the model's preprocessing in its runtime info (``read_ir``). The
+    IR read back is checked against PyTorch (f32) at ``check_sizes`` before the folder takes its place; returns
+    the max abs difference at each."""
     folder = Path(folder)
     refuse_overwrite([folder], overwrite)
     require("openvino")
@@ -105,7 +139,10 @@ def export_openvino(
     diffs: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
-        ov.save_model(convert(model), tmp / IR_FILE, compress_to_fp16=False)
+        converted = convert(model)
+        converted.set_rt_info(json.dumps(class_names), [METADATA, "class_names"])
+        converted.set_rt_info(model.preprocessing.to_json(), [METADATA, "preprocessing"])
+        ov.save_model(converted, tmp / IR_FILE, compress_to_fp16=False)
         diffs.update(runtime_parity(model, OpenVinoClassifier.from_ir(tmp).run, "OpenVINO", check_sizes))
 
     atomic_directory(folder, write)

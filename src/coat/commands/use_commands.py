@@ -17,13 +17,14 @@ from ..models.config import VARIANTS
 from ..runtimes import DTYPES, RUNTIMES
 
 
-def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False) -> None:
+def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False, ir: bool = False) -> None:
     parser.add_argument(
         "--checkpoint",
         required=required_checkpoint,
         help="weights: released weights by name (coat_lite_small, coat_lite_small.authors; "
         "`coat download --list`), ours (.safetensors), the authors' .pth, timm's "
-        ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME",
+        ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME"
+        + (", or the IR folder `coat export --format openvino` wrote (with --runtime openvino)" if ir else ""),
     )
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
@@ -38,7 +39,7 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="top-k classes for images, folders or glob patterns")
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    _add_model_source(predict, required_checkpoint=True)
+    _add_model_source(predict, required_checkpoint=True, ir=True)
     predict.add_argument("--topk", type=int, default=5)
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--workers", type=int, default=0)
@@ -88,15 +89,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference import find_images, load_for_inference, predict
-    from ..runtimes import classifier
+    from ..inference import find_images, predict
+    from ..runtimes import load_predictor
 
-    loaded = load_for_inference(args.checkpoint, args.model)
     paths = find_images(args.inputs)
-    forward = classifier(loaded.model, args.runtime, args.dtype)
-    results = predict(
-        loaded, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct, forward=forward
-    )
+    predictor = load_predictor(args.checkpoint, args.model, args.runtime, args.dtype)
+    results = predict(predictor, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct)
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.csv:
@@ -123,7 +121,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "openvino":
         from ..openvino_runtime import export_openvino
 
-        diffs = export_openvino(loaded.model, args.output, overwrite=args.overwrite)
+        diffs = export_openvino(loaded.model, args.output, loaded.class_names, overwrite=args.overwrite)
         written, runtime = f"{args.output}/model.xml, model.bin (OpenVINO IR", "OpenVINO"
     else:
         from ..export import export_onnx
