@@ -92,8 +92,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..inference import find_images, predict
     from ..runtimes import load_predictor
 
-    paths = find_images(args.inputs)
     predictor = load_predictor(args.checkpoint, args.model, args.runtime, args.dtype)
+    paths = find_images(args.inputs)
     results = predict(predictor, paths, args.topk, args.batch_size, args.workers, args.input_size, args.crop_pct)
     if args.json:
         print(json.dumps(results, indent=2))
