@@ -36,9 +36,10 @@ METADATA = "coat"  # the IR's runtime-info section holding "class_names" and "pr
 
 
 def is_ir(path: str | Path) -> bool:
-    """Whether ``path`` names an OpenVINO IR: a ``.xml`` file or a folder holding ``model.xml``."""
+    """Whether ``path`` is an OpenVINO IR: an existing ``.xml`` file or a folder holding ``model.xml`` (a path that
+    does not exist is left to the checkpoint reader, which names it)."""
     path = Path(path)
-    return path.suffix == ".xml" or (path / IR_FILE).is_file()
+    return (path if path.suffix == ".xml" else path / IR_FILE).is_file()
 
 
 def read_ir(path: str | Path, dtype: str = "fp32") -> tuple[OpenVinoClassifier, list[str], Preprocessing]:

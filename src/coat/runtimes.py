@@ -43,13 +43,11 @@ def load_predictor(
     """A checkpoint (any format ``coat.load_model`` reads; None: a random ``model_name``) run by ``runtime`` in
     ``dtype``, or an OpenVINO IR (its folder or ``.xml``; ``runtime`` must be ``openvino``) with the class names
     and preprocessing stored in it."""
-    from .openvino_runtime import is_ir  # imports openvino only when used
+    from .openvino_runtime import is_ir, read_ir  # as in classifier(): the openvino module only when called
 
     if checkpoint is not None and is_ir(checkpoint):
         if runtime != "openvino":
             raise UsageError(f"{checkpoint} is an OpenVINO IR; run it with --runtime openvino")
-        from .openvino_runtime import read_ir
-
         return Predictor(*read_ir(checkpoint, dtype))
     loaded = load_for_inference(None if checkpoint is None else str(checkpoint), model_name)
     return Predictor(classifier(loaded.model, runtime, dtype), loaded.class_names, loaded.model.preprocessing)
