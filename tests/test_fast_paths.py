@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import coat
@@ -12,6 +13,7 @@ from coat import fast
 from coat.fast import cpu_bf16, cpu_inference, cpu_training, onnx_export
 from coat.fast.kernels import Kernels
 from coat.fast.path import cpu_has_amx
+from coat.fast.small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from coat.fast.trunk import run_trunk
 from conftest import small_coscale_model
 
@@ -41,7 +43,7 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
         model.train()
         assert chosen(model, x) == "reference"  # no-grad forward in training mode (drop path would be on)
     assert chosen(model, x) == "cpu_training"
-    assert chosen(model, torch.randn(1, 3, 32, 64)) == "reference"  # 8x16 stage-1 tokens: too small to pay
+    assert chosen(model, torch.randn(1, 3, 32, 64)) == "cpu_training_small"  # 8x16 stage-1 tokens
     model.eval()
     assert chosen(model, x) == "cpu_training"  # e.g. Grad-CAM: eval mode with autograd
     with torch.no_grad():
@@ -71,7 +73,10 @@ def test_the_seam_says_why_the_reference_runs():
         assert "hooks" in fast.choose(model, x).reason
         handle.remove()
     model.train()
-    assert "cpu_training needs 256+ stage-1 tokens" in fast.choose(model, torch.randn(1, 3, 32, 32)).reason
+    with fast.only("cpu_training"):
+        assert "cpu_training needs 256+ stage-1 tokens" in fast.choose(model, torch.randn(1, 3, 32, 32)).reason
+    with fast.only("cpu_training_small"):
+        assert "cpu_training_small needs under 256 stage-1 tokens" in fast.choose(model, x).reason
     attention_mode = coat.create_model("coat_tiny", num_classes=3, coscale="attention").eval()
     with torch.no_grad():
         assert "coscale in ('interpolate',) only, not 'attention'" in fast.choose(attention_mode, x).reason
@@ -261,8 +266,19 @@ def test_onnx_export_writes_the_onnx_export_path_unless_hooks_or_only_say_otherw
 @pytest.mark.parametrize("name", ALL)
 def test_training_path_equals_reference_values_and_gradients(name, recompute, monkeypatch):
     monkeypatch.setattr(cpu_training, "RECOMPUTE_MIN_HIDDEN_ELEMENTS", 0 if recompute else 2**62)
+    # 18x24 stage-1 tokens; stage 4's 2x3 grid is narrower than CPE's and CRPE's windows (tap matrices)
+    assert_training_path_equals_reference(name, torch.randn(2, 3, 75, 97), "cpu_training")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_small_images_training_path_equals_reference_values_and_gradients(name):
+    # grids 8x12, 4x6, 2x3, 1x1: stages 3 and 4 on tap matrices, stages 1 and 2 on convolutions
+    assert_training_path_equals_reference(name, torch.randn(2, 3, 32, 48), "cpu_training_small")
+
+
+def assert_training_path_equals_reference(name, x, path):
+    """Loss, input gradient and every weight's gradient of ``path`` equal the reference's (a training step)."""
     model = coat.create_model(name, num_classes=10, drop_path_rate=0.1).train()
-    x = torch.randn(2, 3, 75, 97)
 
     def step():
         model.zero_grad()
@@ -272,7 +288,7 @@ def test_training_path_equals_reference_values_and_gradients(name, recompute, mo
         loss.backward()
         return loss, image.grad, {n: p.grad for n, p in model.named_parameters()}
 
-    assert chosen(model, x) == "cpu_training"
+    assert chosen(model, x) == path
     fast_loss, fast_input_grad, fast_grads = step()
     with fast.only():
         reference_loss, reference_input_grad, reference_grads = step()
@@ -280,6 +296,27 @@ def test_training_path_equals_reference_values_and_gradients(name, recompute, mo
     assert torch.allclose(fast_input_grad, reference_input_grad, atol=1e-6, rtol=1e-4)
     for n, grad in reference_grads.items():  # float32 sums in another order: within 1e-4 of the tensor's scale
         assert (fast_grads[n] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-7, n
+
+
+@pytest.mark.parametrize(
+    ("grid", "kernel_size"), [((1, 1), 3), ((1, 1), 7), ((2, 2), 3), ((2, 3), 5), ((4, 4), 7), ((1, 4), 3)]
+)
+def test_tap_matrices_are_the_depthwise_convolution(grid, kernel_size):
+    assert runs_as_tap_matrices(kernel_size, grid)
+    x = torch.randn(3, grid[0] * grid[1], 5, dtype=torch.double, requires_grad=True)  # image tokens [B, H*W, C]
+    weight = torch.randn(5, 1, kernel_size, kernel_size, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.double, requires_grad=True)
+    image = x.transpose(1, 2).unflatten(2, grid)  # [B, C, H, W]
+    expected = F.conv2d(image, weight, bias, padding=kernel_size // 2, groups=5).flatten(2).transpose(1, 2)
+    assert torch.allclose(depthwise_conv_tokens(x, weight, bias, grid), expected)
+    assert torch.autograd.gradcheck(lambda *args: depthwise_conv_tokens(*args, grid), (x, weight, bias))
+
+
+def test_only_grids_narrower_than_the_kernel_run_as_tap_matrices():
+    assert not runs_as_tap_matrices(3, (4, 4))  # oneDNN's backward is fast where the kernel fits
+    assert not runs_as_tap_matrices(7, (8, 8))
+    assert not runs_as_tap_matrices(7, (3, 6))  # 18 tokens: above MAX_TOKENS
+    assert runs_as_tap_matrices(5, (4, 4)) and runs_as_tap_matrices(3, (2, 8))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -11,8 +11,10 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
 - ``cpu_bf16``: CPU with AMX, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no autograd, eval
   mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed once. Measured
   on a 2-core Intel Xeon with AMX at batch 1 and 16.
-- ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager.
-  Measured on the same two: training step and peak memory at batch 16.
+- ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager, from 16x16
+  stage-1 tokens. Measured on the same two: training step and peak memory at batch 16.
+- ``cpu_training_small``: the same on smaller images, the reference modules with the depthwise convolutions
+  of grids narrower than their kernel as tap matrices. Measured on the AMD EPYC VM (32x32, batch 128).
 - ``cuda_triton`` (opt-in: not measured yet): CUDA, eager; factorized attention's context from
   Triton kernels. Used only inside ``only("cuda_triton")`` until a GPU run of ``benchmarks/gpu.py``
   shows where it pays.
@@ -57,6 +59,7 @@ FAST_PATHS: tuple[FastPath, ...] = (
     cpu_inference.PATH,
     cpu_bf16.PATH,
     cpu_training.PATH,
+    cpu_training.SMALL_IMAGES_PATH,
     cuda_triton.PATH,
     onnx_export.PATH,
 )

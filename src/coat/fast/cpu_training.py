@@ -1,14 +1,19 @@
-"""Eager CPU float32 training: the reference math with three parts that cost less time or memory there.
+"""Eager CPU float32 training: the reference math with parts that cost less time or memory there.
 
-Measured on 2-core AMD EPYC (AVX2) and Intel Xeon (AVX-512) VMs, training step and peak memory at batch 16
-(BENCHMARKS.md):
+Measured on 2-core AMD EPYC (AVX2) and Intel Xeon (AVX-512) VMs (the last part on the AMD VM only), training
+step and peak memory (BENCHMARKS.md):
 - the MLP branch (norm, fc1, GELU, fc2) as one row-tiled autograd function that keeps only its input
   and recomputes the rest tile by tile in backward (peak memory 1.02x -> 0.51x of timm's on
   coat_lite_tiny), where a branch's hidden activations fill at least 8 MiB;
 - CRPE's window groups as one autograd function of per-group depthwise convs on channels-last copies
   that it does not keep (oneDNN's backward of these is the costliest conv backward otherwise);
 - the co-scale resizes hand their backward a contiguous gradient (the CPU upsample backward reads the
-  strided slice of the mixed tokens' gradient about 7x slower).
+  strided slice of the mixed tokens' gradient about 7x slower);
+- CPE's and CRPE's depthwise convolutions on grids narrower than their kernel as tap matrices
+  (``small_grid_conv``; 64x64 at batch 64 on the AMD VM: 853 -> 767 ms a step).
+Below 16x16 stage-1 tokens only the last part pays: ``SMALL_IMAGES_PATH`` (``cpu_training_small``) runs the
+reference modules with it (coat_lite_tiny, 32x32, batch 128, AMD VM: 828 -> 570 ms a step; coat_tiny
+1747 -> 1227 ms).
 Nothing is written in place into a tensor autograd or a caller holds.
 """
 
@@ -19,10 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models.layers import ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
+from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .grouped_conv import GroupedDepthwiseConv
-from .kernels import Kernels, ScaleAttention, ValueEncoder, factorized_attention
+from .kernels import Kernels, ScaleAttention, ValueEncoder, factorized_attention, merged_crpe, merged_crpe_weights
 from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
+from .small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
 
 # The MLP recomputes only where its hidden activations fill at least 4 tiles (8 MiB): below that the memory
@@ -36,12 +42,38 @@ RECOMPUTE_MIN_HIDDEN_ELEMENTS = 4 * TILE_HIDDEN_ELEMENTS
 MIN_STAGE1_TOKENS = 256
 
 
-class TrainingKernels(Kernels):
-    """A recomputing row-tiled MLP, CRPE as one autograd function, resizes with contiguous gradients."""
+class SmallGridKernels(Kernels):
+    """CPE's and CRPE's depthwise convolutions as tap matrices on grids narrower than their kernel
+    (``small_grid_conv``); the reference modules otherwise."""
+
+    def add_position(self, cpe: ConvPosEnc, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        conv = cpe.proj
+        if not runs_as_tap_matrices(conv.kernel_size[0], grid):
+            return cpe(x, grid)
+        image = x[:, 1:]  # [B, H*W, C]
+        return torch.cat((x[:, :1], image + depthwise_conv_tokens(image, conv.weight, conv.bias, grid)), dim=1)
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
-        encode_values = _grouped_crpe(crpe)
+        weight, bias, _ = merged_crpe_weights(crpe)  # the windows zero-padded to the largest: [C, 1, k, k]
+        on_larger_grids = self.values_on_larger_grids(crpe)
+
+        def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
+            if runs_as_tap_matrices(weight.shape[-1], grid):
+                return depthwise_conv_tokens(v[:, 1:], weight, bias, grid)
+            return on_larger_grids(v, grid)
+
         return lambda attn, x, grid: factorized_attention(attn, x, grid, encode_values, False)
+
+    def values_on_larger_grids(self, crpe: ConvRelPosEnc) -> ValueEncoder:
+        """CRPE's convolutions where the grid is not narrower than the windows: one merged convolution."""
+        return merged_crpe(crpe)
+
+
+class TrainingKernels(SmallGridKernels):
+    """A recomputing row-tiled MLP, CRPE as one autograd function, resizes with contiguous gradients."""
+
+    def values_on_larger_grids(self, crpe: ConvRelPosEnc) -> ValueEncoder:
+        return _grouped_crpe(crpe)
 
     def add_mlp(self, x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module, drop_path: nn.Module) -> torch.Tensor:
         return x + drop_path(_mlp_branch(x, norm, mlp))
@@ -61,19 +93,32 @@ def _enough_stage1_tokens(model: nn.Module, x: torch.Tensor) -> bool:
     return (x.shape[-2] // patch) * (x.shape[-1] // patch) >= MIN_STAGE1_TOKENS
 
 
+_TRAINING = (ON_CPU, FLOAT32, Condition("autograd on", lambda model, x: torch.is_grad_enabled()), NO_CPU_AUTOCAST)
+_CONFIG = {**SIZE_FIELDS, "coscale": ("interpolate",)}
+
 PATH = FastPath(
     "cpu_training",
     TrainingKernels(),
     conditions=(
-        ON_CPU,
-        FLOAT32,
-        Condition("autograd on", lambda model, x: torch.is_grad_enabled()),
-        NO_CPU_AUTOCAST,
+        *_TRAINING,
         Condition(
             f"{MIN_STAGE1_TOKENS}+ stage-1 tokens per image (16x16 at stride 4: 64x64 pixels)", _enough_stage1_tokens
         ),
     ),
-    config={**SIZE_FIELDS, "coscale": ("interpolate",)},
+    config=_CONFIG,
+)
+
+SMALL_IMAGES_PATH = FastPath(
+    "cpu_training_small",
+    SmallGridKernels(),
+    conditions=(
+        *_TRAINING,
+        Condition(
+            f"under {MIN_STAGE1_TOKENS} stage-1 tokens per image (under 64x64 pixels)",
+            lambda model, x: not _enough_stage1_tokens(model, x),
+        ),
+    ),
+    config=_CONFIG,
 )
 
 
