@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# One pytest-xdist worker per core, one thread each (tests/conftest.py), a test file per worker at a time (module
+# fixtures made once).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The inner loop (a few minutes): the lint gate, every variant on the reference and the fast paths, the
 # authors' fixtures, the seam, the CLI's errors. `make test` runs everything (CI).
