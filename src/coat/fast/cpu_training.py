@@ -54,13 +54,14 @@ class SmallGridKernels(Kernels):
         return torch.cat((x[:, :1], image + depthwise_conv_tokens(image, conv.weight, conv.bias, grid)), dim=1)
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
-        weight, bias, _ = merged_crpe_weights(crpe)  # the windows zero-padded to the largest: [C, 1, k, k]
+        largest_window = max(conv.kernel_size[0] for conv in crpe.convs)
         on_larger_grids = self.values_on_larger_grids(crpe)
 
         def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
-            if runs_as_tap_matrices(weight.shape[-1], grid):
-                return depthwise_conv_tokens(v[:, 1:], weight, bias, grid)
-            return on_larger_grids(v, grid)
+            if not runs_as_tap_matrices(largest_window, grid):
+                return on_larger_grids(v, grid)
+            weight, bias, _ = merged_crpe_weights(crpe)  # the windows zero-padded to the largest: [C, 1, k, k]
+            return depthwise_conv_tokens(v[:, 1:], weight, bias, grid)
 
         return lambda attn, x, grid: factorized_attention(attn, x, grid, encode_values, False)
 
