@@ -2,16 +2,14 @@ import os
 import sys
 from pathlib import Path
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs one pytest-xdist worker per core: each, and the commands its tests start, on one thread
-    # (two processes on all cores each would oversubscribe them)
-    os.environ["OMP_NUM_THREADS"] = "1"
-
 import pytest
 import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: each, and the commands its tests start, on one thread
+    # (two processes on all cores each would oversubscribe them)
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 if not torch.cuda.is_available():
     # Triton kernels run on CPU tensors through Triton's interpreter; Triton reads this when its language module

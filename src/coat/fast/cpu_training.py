@@ -26,7 +26,15 @@ from torch import nn
 
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
 from .grouped_conv import GroupedDepthwiseConv
-from .kernels import Kernels, ScaleAttention, ValueEncoder, factorized_attention, merged_crpe, merged_crpe_weights
+from .kernels import (
+    Kernels,
+    ScaleAttention,
+    ValueEncoder,
+    factorized_attention,
+    largest_window,
+    merged_crpe,
+    merged_crpe_weights,
+)
 from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
 from .small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
@@ -54,11 +62,11 @@ class SmallGridKernels(Kernels):
         return torch.cat((x[:, :1], image + depthwise_conv_tokens(image, conv.weight, conv.bias, grid)), dim=1)
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
-        largest_window = max(conv.kernel_size[0] for conv in crpe.convs)
+        window = largest_window(crpe)
         on_larger_grids = self.values_on_larger_grids(crpe)
 
         def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
-            if not runs_as_tap_matrices(largest_window, grid):
+            if not runs_as_tap_matrices(window, grid):
                 return on_larger_grids(v, grid)
             weight, bias, _ = merged_crpe_weights(crpe)  # the windows zero-padded to the largest: [C, 1, k, k]
             return depthwise_conv_tokens(v[:, 1:], weight, bias, grid)

@@ -96,10 +96,15 @@ def _head_slices(channels: int, num_heads: int) -> list[slice]:
     return [slice(i * d, (i + 1) * d) for i in range(num_heads)]
 
 
+def largest_window(crpe: ConvRelPosEnc) -> int:
+    """The side of CRPE's largest depthwise window (7 in the released models)."""
+    return max(conv.kernel_size[0] for conv in crpe.convs)
+
+
 def merged_crpe_weights(crpe: ConvRelPosEnc) -> tuple[torch.Tensor, torch.Tensor, int]:
     """CRPE's window groups as one depthwise conv: its weight ``[C, 1, k, k]`` (the smaller kernels zero-padded to
     the largest window ``k``), its bias ``[C]`` and its padding."""
-    largest = max(conv.kernel_size[0] for conv in crpe.convs)
+    largest = largest_window(crpe)
     weight = torch.cat([F.pad(conv.weight, [(largest - conv.kernel_size[0]) // 2] * 4) for conv in crpe.convs])
     bias = torch.cat([conv.bias for conv in crpe.convs])
     return weight, bias, largest // 2
