@@ -4,8 +4,8 @@
 
 Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, and for bf16 the top-1 agreement):
 - PyTorch eager fp32: ours (the seam's ``cpu_inference`` path) and timm's CoaT; ours in bf16 (``coat predict
-  --dtype bf16``: a bf16 copy of the model, the seam's ``cpu_bf16`` path on CPUs with AMX) and its reference
-  modules in bf16, on CPUs where oneDNN has bf16 kernels;
+  --dtype bf16``: a bf16 copy of the model, the seam's ``cpu_bf16`` path on CPUs with AMX or AVX-512 BF16) and
+  its reference modules in bf16, on CPUs where oneDNN has bf16 kernels;
 - ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
   modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
   exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);

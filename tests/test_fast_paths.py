@@ -12,7 +12,7 @@ import coat
 from coat import fast
 from coat.fast import cpu_bf16, cpu_inference, cpu_training, onnx_export
 from coat.fast.kernels import Kernels
-from coat.fast.path import cpu_has_amx
+from coat.fast.path import cpu_has_native_bf16
 from coat.fast.small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from coat.fast.trunk import run_trunk
 from conftest import small_coscale_model
@@ -190,10 +190,10 @@ def test_bf16_models_take_the_bf16_path_on_amx_cpus_only():
     x = torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         choice = fast.choose(model, x)
-        if cpu_has_amx():
+        if cpu_has_native_bf16():
             assert choice.name == "cpu_bf16"
         else:
-            assert choice.name == "reference" and "cpu_bf16 needs a CPU with AMX" in choice.reason
+            assert choice.name == "reference" and "cpu_bf16 needs a CPU with AMX or AVX-512 BF16" in choice.reason
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert chosen(model, x) == "reference"
     assert chosen(model, x) != "cpu_bf16"  # autograd on

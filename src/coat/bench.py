@@ -173,7 +173,7 @@ def _inference_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 
 def _runner(model: nn.Module, mode: str, dtype: str) -> nn.Module:
     """``model`` as ``mode`` and ``dtype`` run it: bf16 is a bf16 copy of the weights, as ``coat predict --dtype
-    bf16`` runs it (on CPUs with AMX, our ``cpu_bf16`` path)."""
+    bf16`` runs it (on CPUs with AMX or AVX-512 BF16, our ``cpu_bf16`` path)."""
     if dtype == "bf16":
         model = copy.deepcopy(model).to(torch.bfloat16)
     return torch.compile(model) if mode == "compiled" else model

@@ -1,8 +1,8 @@
 """Where a classifier runs at inference (``coat predict --runtime --dtype``): PyTorch or OpenVINO, float32 or bf16.
 
-bf16 in PyTorch runs a bf16 copy of the model (on CPUs with AMX the seam's ``cpu_bf16`` path, elsewhere the
-reference modules in bf16); OpenVINO compiles the model for the CPU with the precision as its hint, from our
-checkpoint or from the IR ``coat export --format openvino`` wrote. What each pays, per CPU, is in BENCHMARKS.md
+bf16 in PyTorch runs a bf16 copy of the model (on CPUs with AMX or AVX-512 BF16 the seam's ``cpu_bf16`` path,
+elsewhere the reference modules in bf16); OpenVINO compiles the model for the CPU with the precision as its hint,
+from our checkpoint or from the IR ``coat export --format openvino`` wrote. What each pays, per CPU, is in BENCHMARKS.md
 ("Deploying on CPUs").
 """
 

@@ -28,8 +28,8 @@ _HELP = {
     "or any checkpoint the library reads; the head is re-initialised",
     "lr": "peak learning rate (default: base_lr x global batch / 512)",
     "device": "auto, cpu, cuda or cuda:N",
-    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small, digits: only on CPUs with AMX, "
-    "where it was measured to pay)",
+    "amp": "mixed precision: bf16 on CPU, fp16/bf16 (--amp-dtype) on CUDA (small, digits: only on CPUs with AMX or "
+    "AVX-512 BF16, where it was measured to pay)",
     "compile": "torch.compile the model",
     "last_stage_lr_scale": "learning-rate multiplier of the last stage (small recipe: 0.1; at 32-pixel inputs that "
     "stage sees one image token, and at the full lr it soon gives every image the same CLS token)",

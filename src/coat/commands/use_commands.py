@@ -33,7 +33,9 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default="pytorch", help="openvino: compiled by OpenVINO for the CPU"
     )
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16 pays on CPUs with AMX (BENCHMARKS.md)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="fp32", help="bf16 pays on CPUs with AMX or AVX-512 BF16 (BENCHMARKS.md)"
+    )
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

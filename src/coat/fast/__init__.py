@@ -8,9 +8,9 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
 - ``cpu_inference``: CPU, float32, no autograd, eval mode, no autocast, the released co-scale mode;
   eager, or inside ``torch.compile`` as one registered operator. Measured on 2-core AMD EPYC (AVX2)
   and Intel Xeon (AVX-512) VMs: eager at batch 1 and 16, compiled at batch 16.
-- ``cpu_bf16``: CPU with AMX, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no autograd, eval
-  mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed once. Measured
-  on a 2-core Intel Xeon with AMX at batch 1 and 16.
+- ``cpu_bf16``: CPU with AMX or AVX-512 BF16, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no
+  autograd, eval mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed
+  once. Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 at batch 1 and 16.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager, from 16x16
   stage-1 tokens. Measured on the same two: training step and peak memory at batch 16.
 - ``cpu_training_small``: the same on smaller images, the reference modules with the depthwise convolutions

@@ -1,7 +1,7 @@
-"""Eager CPU bf16 inference on oneDNN's AMX kernels: a bf16 model (``model.to(torch.bfloat16)``) on bf16 images.
+"""Eager CPU bf16 inference on oneDNN's bf16 kernels (AMX or AVX-512 BF16): a bf16 model on bf16 images.
 
-Measured on a 2-core Intel Xeon with AMX against the reference modules in bf16, our float32 path and OpenVINO's bf16
-(BENCHMARKS.md, "Deploying on CPUs"):
+Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 against the reference modules in
+bf16, our float32 path and OpenVINO's bf16 (BENCHMARKS.md, "Deploying on CPUs"):
 - every Linear runs as oneDNN's fused linear (``mkldnn::_linear_pointwise``) on its weight reordered once into
   oneDNN's blocked layout (cached per weight and version: an update of the weight is seen): fc1 with the GELU
   fused, fc2 with the residual addition fused; PyTorch's own bf16 ``linear`` copies its output and runs GELU apart;
@@ -26,7 +26,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 from .cpu_inference import InferenceKernels
 from .kernels import ScaleAttention, ValueEncoder, merged_crpe_weights
-from .path import NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, cpu_has_amx
+from .path import NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, cpu_has_native_bf16
 from .tiled_mlp import tile_rows
 
 # 4 MiB of bf16 hidden activations per MLP row tile: the best of 1-4 MiB with coat_lite_tiny at batch 1 and 16
@@ -158,7 +158,7 @@ PATH = FastPath(
     Bf16InferenceKernels(),
     conditions=(
         ON_CPU,
-        Condition("a CPU with AMX (where it was measured)", lambda model, x: cpu_has_amx()),
+        Condition("a CPU with AMX or AVX-512 BF16 (where it was measured)", lambda model, x: cpu_has_native_bf16()),
         Condition("bf16 weights and inputs (model.to(torch.bfloat16))", _bf16_model_and_input),
         Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled()),
         NO_CPU_AUTOCAST,

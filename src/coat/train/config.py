@@ -87,9 +87,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "imagenet": {},
     # From scratch on a few thousand low-resolution images (the embedded default): small input, no
     # mixing/erasing/flip (digits and letters are not mirror-symmetric), mild crops, short warm-up, no EMA,
-    # bf16 only on CPUs where it pays (AMX). Checked on four sets (BENCHMARKS.md, "The small recipe on four
-    # sets"): at 32 pixels the last stage sees one image token, and at the full lr it soon gives every image
-    # the same CLS token (colour shapes then stay at chance); at a tenth of the lr every set trains, and
+    # bf16 only on CPUs where it pays (AMX or AVX-512 BF16). Checked on four sets (BENCHMARKS.md, "The small
+    # recipe on four sets"): at 32 pixels the last stage sees one image token, and at the full lr it soon gives
+    # every image the same CLS token (colour shapes then stay at chance); at a tenth of the lr every set trains, and
     # better. lr 1e-3 is the best of 1e-3-3e-3 on the shapes with that stage slowed (of 5e-4-3e-3 without it,
     # also on CIFAR-10); batch 64 gains CIFAR-10 1.6 points over 128; turns and drop-path help digits a little
     # and cost colour photographs and shapes more.
