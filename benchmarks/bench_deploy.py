@@ -33,6 +33,7 @@ import torch
 from coat import fast
 from coat.bench import interleaved, machine_line, timm_pair
 from coat.export import export_onnx
+from coat.onnx_runtime import OnnxRuntimeClassifier
 from coat.openvino_runtime import OpenVinoClassifier
 from coat.runtimes import DTYPES, classifier
 
@@ -43,16 +44,6 @@ SIZE = 224
 # PyTorch's bf16 rows only where oneDNN has bf16 kernels (AVX-512 BF16, AMX): on an AVX2 CPU bf16 ran at 0.09-0.11x
 # float32 (BENCHMARKS.md), minutes of timing that say only "keep float32"
 HAS_BF16_KERNELS = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def onnx_runtime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 def int8_model(model: openvino.Model) -> openvino.Model:
@@ -108,9 +99,9 @@ class Runtimes:
             self.fixed["PyTorch eager bf16 (ours: reference modules)"] = partial(reference_call, bf16)
         self.fixed |= {
             "PyTorch eager fp32 (timm)": partial(torch_call, self.peer),
-            "ONNX Runtime (ours)": onnx_runtime_session(self.ours_onnx),
-            "ONNX Runtime (ours: reference modules, opset 18)": onnx_runtime_session(plain_onnx),
-            "ONNX Runtime (timm)": onnx_runtime_session(timm_onnx),
+            "ONNX Runtime (ours)": OnnxRuntimeClassifier(self.ours_onnx).run,
+            "ONNX Runtime (ours: reference modules, opset 18)": OnnxRuntimeClassifier(plain_onnx).run,
+            "ONNX Runtime (timm)": OnnxRuntimeClassifier(timm_onnx).run,
         }
         self.openvino = {}
         if importlib.util.find_spec("openvino") is not None:

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).parent))
 
 import coat
+from coat.data.preprocessing import Preprocessing
 from fixture_weights import authors_state_dict
 
 
@@ -65,6 +67,17 @@ def small_coscale_model(num_classes: int = 5) -> coat.CoaT:
         num_classes=num_classes,
     )
     return coat.CoaT(config)
+
+
+@pytest.fixture(scope="module")
+def named_checkpoint(tmp_path_factory):
+    """A 3-class small co-scale CoaT at 64 pixels (crop 0.9), class names "a", "b", "c" in its metadata."""
+    torch.manual_seed(0)
+    model = small_coscale_model(num_classes=3)
+    model.preprocessing = Preprocessing(input_size=64, crop_pct=0.9)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(["a", "b", "c"])})
+    return path
 
 
 def make_image_folder(

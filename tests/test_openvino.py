@@ -16,8 +16,6 @@ from PIL import Image
 
 import coat
 from coat.cli import main
-from coat.data.preprocessing import Preprocessing
-from conftest import small_coscale_model
 
 pytest.importorskip("openvino")
 
@@ -49,17 +47,6 @@ CHECK_IR = textwrap.dedent("""
     print(json.dumps({"diffs": diffs, "bf16_relative_error": error, "bf16_precision": bf16.precision,
                       "class_names": class_names, "input_size": preprocessing.input_size, "foreign": foreign}))
 """)
-
-
-@pytest.fixture(scope="module")
-def named_checkpoint(tmp_path_factory):
-    """A 3-class small co-scale CoaT at 64 pixels, class names in its metadata."""
-    torch.manual_seed(0)
-    model = small_coscale_model(num_classes=3)
-    model.preprocessing = Preprocessing(input_size=64, crop_pct=1.0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(["a", "b", "c"])})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from .checkpoint import authors_to_coat, load_state_into
 from .errors import UsageError
 from .extras import require
 from .factory import create_model, list_models
-from .runtimes import classifier
+from .runtimes import CPU_RUNTIMES, classifier
 
 
 @dataclass
@@ -199,16 +199,17 @@ def benchmark_table(
     x = torch.randn(batch_size, 3, size, size, device=device)
     sync = device_sync(device)
     rows = []
-    if "openvino" in modes and device.type != "cpu":
-        raise UsageError(f"OpenVINO runs on the CPU, not {device}; pass --device cpu")
+    deployed_modes = [mode for mode in modes if mode in CPU_RUNTIMES]
+    if deployed_modes and device.type != "cpu":
+        raise UsageError(f"{deployed_modes[0]} runs on the CPU, not {device}; pass --device cpu")
     models = {impl: m.to(device).eval() for impl, m in models.items()}
     for mode in modes:
         for dtype in dtypes:
-            if mode == "openvino":  # ours only: OpenVINO computes in ``dtype`` (its precision hint)
-                compiled = classifier(models["coat"], "openvino", dtype)
-                if compiled.precision != dtype:
+            if mode in CPU_RUNTIMES:  # ours only, as ``coat predict --runtime`` runs it
+                deployed = classifier(models["coat"], mode, dtype)
+                if mode == "openvino" and deployed.precision != dtype:  # OpenVINO's dtype is a hint
                     raise UsageError(f"this CPU has no {dtype} (AMX or AVX-512 BF16); OpenVINO would compute in f32")
-                calls = {"coat": partial(compiled, x)}
+                calls = {"coat": partial(deployed, x)}
             else:
                 images = x.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
                 calls = {impl: partial(_inference_call, _runner(m, mode, dtype), images) for impl, m in models.items()}

@@ -16,11 +16,9 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .data.datasets import DataError, collate_skipping_none, eval_split
-from .errors import UsageError
 from .files import refuse_overwrite, write_json
-from .inference import load_for_inference
 from .plots import plot_confusion
-from .runtimes import classifier
+from .runtimes import load_predictor
 from .train.classify import EvalResult, evaluate
 from .train.distributed import pick_device
 
@@ -58,13 +56,15 @@ def evaluate_checkpoint(
     digits; ``split`` names the split, or a shard pattern of ``samples`` images), with the checkpoint's preprocessing
     (``input_size`` / ``crop_pct`` override it). Writes ``results.json`` and ``confusion.png`` to ``output``
     (default: ``eval/`` beside the checkpoint), never over earlier results unless ``overwrite``. ``runtime`` and
-    ``dtype`` run the model as ``coat predict`` does (``coat.runtimes.classifier``: OpenVINO on the CPU, bf16)."""
+    ``dtype`` run the model as ``coat predict`` does (``coat.runtimes.load_predictor``: bf16, OpenVINO or ONNX
+    Runtime on the CPU; ``checkpoint`` may be the IR or ONNX file ``coat export`` wrote)."""
     output = Path(output) if output is not None else Path(checkpoint).resolve().parent / "eval"
     results_path, confusion_path = output / "results.json", output / "confusion.png"
     refuse_overwrite([results_path, confusion_path], overwrite)
-    loaded = load_for_inference(str(checkpoint), model_name)
-    model, class_names, num_classes = loaded.model, loaded.class_names, loaded.model.config.num_classes
-    preprocessing = model.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
+    target = pick_device(device)
+    predictor = load_predictor(checkpoint, model_name, runtime, dtype, target)
+    class_names, num_classes = predictor.class_names, len(predictor.class_names)
+    preprocessing = predictor.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
     dataset = eval_split(
         None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes, split, samples
     )
@@ -73,12 +73,8 @@ def evaluate_checkpoint(
             f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
             "evaluate on data with the same classes"
         )
-    target = pick_device(device)
-    if runtime == "openvino" and target.type != "cpu":
-        raise UsageError(f"OpenVINO runs on the CPU, not {target}; pass --device cpu")
-    forward = classifier(model.to(target), runtime, dtype)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_none)
-    result = evaluate(forward, loader, target, num_classes, progress="eval")
+    result = evaluate(predictor.forward, loader, target, num_classes, progress="eval")
     record = {
         "checkpoint": str(checkpoint),
         "data": str(data) if data is not None else "embedded held-out split",

@@ -5,11 +5,12 @@ Runtime runs fast. Uses PyTorch's ``torch.export``-based ONNX exporter (``dynamo
 model derives its token grids from the input shape with floor divisions, which ``torch.export``
 keeps symbolic, so one file serves any batch and any H, W >= 32 (square or not, multiple of 32
 or not). The older TorchScript tracer (``dynamo=False``) records those sizes as constants and
-is not used.
+is not used. The file carries the class names and the preprocessing in its metadata (``coat.onnx_runtime``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import torch
 from .errors import CoatError
 from .extras import require
 from .files import atomic_write, refuse_overwrite
+from .inference import default_class_names
 from .models.coat import CoaT
+from .onnx_runtime import METADATA_KEYS, OnnxRuntimeClassifier
 
 PARITY_SIZES = ((224, 224), (160, 288))
 # Opset 20 has GELU as one op (``Gelu``), which ONNX Runtime fuses with the fc1 bias into ``BiasGelu``; at 18 the
@@ -41,14 +44,27 @@ class ExportError(CoatError, ValueError):
 
 
 def export_onnx(
-    model: CoaT, path: str | Path, opset: int = DEFAULT_OPSET, check_sizes=PARITY_SIZES, overwrite: bool = False
+    model: CoaT,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    check_sizes=PARITY_SIZES,
+    overwrite: bool = False,
+    class_names: list[str] | None = None,
 ) -> dict[str, float]:
-    """Write ``model`` as ONNX (an existing ``path`` only with ``overwrite``) and return the max abs difference
-    of ONNX Runtime to PyTorch at each check size (none: no check)."""
+    """Write ``model`` as ONNX (an existing ``path`` only with ``overwrite``), with ``class_names`` (default:
+    ``default_class_names``) and the model's preprocessing in its metadata (``coat.onnx_runtime.read_onnx``), and
+    return the max abs difference of ONNX Runtime to PyTorch at each check size (none: no check)."""
     refuse_overwrite([Path(path)], overwrite)
     require("export")
+    import onnx
+
     model = model.eval()
     example = torch.randn(2, 3, 224, 224)
+    names = class_names if class_names is not None else default_class_names(model.config.num_classes)
+    metadata = {
+        METADATA_KEYS["class_names"]: json.dumps(names),
+        METADATA_KEYS["preprocessing"]: model.preprocessing.to_json(),
+    }
 
     def write(tmp: Path) -> None:
         torch.onnx.export(
@@ -63,6 +79,9 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(tmp))
 
     path = atomic_write(path, write)
     return onnx_parity(model, path, check_sizes) if check_sizes else {}
@@ -70,11 +89,7 @@ def export_onnx(
 
 def onnx_parity(model: CoaT, path: str | Path, sizes=PARITY_SIZES, batch: int = 2) -> dict[str, float]:
     """Run PyTorch and ONNX Runtime on the same random inputs; raise if they differ by 1e-4 or more."""
-    require("export")
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return runtime_parity(model, lambda x: session.run(None, {"images": x})[0], "ONNX Runtime", sizes, batch)
+    return runtime_parity(model, OnnxRuntimeClassifier(path).run, "ONNX Runtime", sizes, batch)
 
 
 def runtime_parity(

@@ -11,7 +11,7 @@ from ..train.classify import fit
 from ..train.config import RECIPES, TrainConfig, resolve
 from .call import call_with_options
 from .config_flags import add_config_flags, given_flags
-from .use_commands import add_runtime_options
+from .use_commands import EXPORTED_FILES, add_runtime_options
 
 _HELP = {
     "data": "image folder with train/<class>/* and val/<class>/*, wds:DIR (shards of `coat data pack` or timm), or "
@@ -54,7 +54,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--checkpoint",
         required=True,
-        help="our .safetensors (e.g. runs/demo/best.safetensors), or an authors'/timm file together with --model",
+        help="our .safetensors (e.g. runs/demo/best.safetensors), or an authors'/timm file together with --model"
+        + EXPORTED_FILES,
     )
     ev.add_argument(
         "--model", dest="model_name", choices=list(VARIANTS), help="variant, for checkpoints that do not carry a config"

@@ -14,7 +14,12 @@ import torch
 from ..export import DEFAULT_OPSET
 from ..extras import require
 from ..models.config import VARIANTS
-from ..runtimes import DTYPES, RUNTIMES
+from ..runtimes import CPU_RUNTIMES, DTYPES, RUNTIMES
+
+EXPORTED_FILES = (
+    ", or what `coat export` wrote: the IR folder (with --runtime openvino) or the .onnx file (with --runtime "
+    "onnxruntime)"
+)
 
 
 def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool = False, ir: bool = False) -> None:
@@ -23,15 +28,17 @@ def _add_model_source(parser: argparse.ArgumentParser, required_checkpoint: bool
         required=required_checkpoint,
         help="weights: released weights by name (coat_lite_small, coat_lite_small.authors; "
         "`coat download --list`), ours (.safetensors), the authors' .pth, timm's "
-        ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME"
-        + (", or the IR folder `coat export --format openvino` wrote (with --runtime openvino)" if ir else ""),
+        ".pth/.safetensors, a Hugging Face folder or hf-hub:ORG/NAME" + (EXPORTED_FILES if ir else ""),
     )
     parser.add_argument("--model", choices=list(VARIANTS), help="variant (inferred from the weights if omitted)")
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--runtime", choices=RUNTIMES, default="pytorch", help="openvino: compiled by OpenVINO for the CPU"
+        "--runtime",
+        choices=RUNTIMES,
+        default="pytorch",
+        help="openvino: compiled by OpenVINO for the CPU; onnxruntime: ONNX Runtime on the CPU (fp32)",
     )
     parser.add_argument(
         "--dtype", choices=DTYPES, default="fp32", help="bf16 pays on CPUs with AMX or AVX-512 BF16 (BENCHMARKS.md)"
@@ -77,9 +84,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--modes",
         nargs="+",
-        choices=["eager", "compiled", "openvino"],
+        choices=["eager", "compiled", *CPU_RUNTIMES],
         default=["eager"],
-        help="openvino: our model compiled by OpenVINO for the CPU (timm's CoaT runs in PyTorch modes only)",
+        help="openvino: our model compiled by OpenVINO for the CPU; onnxruntime: our model exported to ONNX, on "
+        "ONNX Runtime's CPU provider (fp32) (timm's CoaT runs in PyTorch modes only)",
     )
     bench.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     bench.add_argument("--warmup", type=int, default=2)
@@ -128,7 +136,9 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         from ..export import export_onnx
 
-        diffs = export_onnx(loaded.model, args.output, args.opset, overwrite=args.overwrite)
+        diffs = export_onnx(
+            loaded.model, args.output, args.opset, overwrite=args.overwrite, class_names=loaded.class_names
+        )
         written, runtime = f"{args.output} (opset {args.opset}", "ONNX Runtime"
     checks = ", ".join(f"{size}: {diff:.1e}" for size, diff in diffs.items())
     print(f"wrote {written}; dynamic batch, height, width); {runtime} vs PyTorch max abs diff {checks}")
