@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one pytest-xdist worker per core: each, and the commands its tests start, on one thread
@@ -78,6 +79,17 @@ def named_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(["a", "b", "c"])})
     return path
+
+
+@pytest.fixture(scope="module")
+def labelled_images(tmp_path_factory):
+    """``CLASS/i.png`` for named_checkpoint's classes, three 80x72 images each (not the model's input size)."""
+    root = tmp_path_factory.mktemp("images")
+    for label, name in enumerate(["a", "b", "c"]):
+        (root / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (80, 72), (110 * label, 40 * i, 200 - 90 * label)).save(root / name / f"{i}.png")
+    return root
 
 
 def make_image_folder(

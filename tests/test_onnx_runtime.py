@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 import coat
 from coat.checkpoint import CheckpointError
@@ -24,17 +23,6 @@ def exported(named_checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "model.onnx"
     assert main(["export", "--checkpoint", str(named_checkpoint), "--format", "onnx", "--output", str(path)]) == 0
     return path
-
-
-@pytest.fixture(scope="module")
-def labelled_images(tmp_path_factory):
-    """``CLASS/i.png`` for each class, 80x72 images of a colour per class (not the model's input size)."""
-    root = tmp_path_factory.mktemp("images")
-    for label, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for i in range(3):
-            Image.new("RGB", (80, 72), (110 * label, 40 * i, 200 - 90 * label)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_the_file_carries_its_class_names_and_preprocessing(named_checkpoint, exported, tmp_path):

@@ -114,6 +114,19 @@ def test_predict_on_the_ir_in_bf16_agrees_with_pytorch(named_checkpoint, exporte
     assert "is an OpenVINO IR; run it with --runtime openvino" in capsys.readouterr().err
 
 
+def test_eval_on_the_ir_measures_what_pytorch_measures(named_checkpoint, exported_ir, labelled_images, tmp_path):
+    records = {}
+    for name, checkpoint, runtime in [("pytorch", named_checkpoint, "pytorch"), ("ir", exported_ir[0], "openvino")]:
+        output = tmp_path / name
+        argv = ["--data", str(labelled_images), "--workers", "0", "--output", str(output), "--device", "cpu"]
+        done = _coat("eval", "--checkpoint", str(checkpoint), "--runtime", runtime, *argv)
+        assert done.returncode == 0, done.stderr
+        records[name] = json.loads((output / "results.json").read_text())
+    assert records["ir"]["images"] == 9 and records["ir"]["top1"] == records["pytorch"]["top1"]
+    assert abs(records["ir"]["loss"] - records["pytorch"]["loss"]) < 1e-4
+    assert records["ir"]["per_class_accuracy"].keys() == {"a", "b", "c"}
+
+
 def test_bench_cli_openvino_rows():
     argv = ["bench", "--model", "coat_lite_tiny", "--batch-size", "2", "--size", "64", "--warmup", "0"]
     done = _coat(*argv, "--repeats", "1", "--modes", "eager", "openvino", "--json")
