@@ -1,5 +1,6 @@
 """The speed seam: which implementation runs, fast paths equal to the reference, and what tools see."""
 
+import contextlib
 import copy
 import dataclasses
 
@@ -44,6 +45,9 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
         assert chosen(model, x) == "reference"  # no-grad forward in training mode (drop path would be on)
     assert chosen(model, x) == "cpu_training"
     assert chosen(model, torch.randn(1, 3, 32, 64)) == "cpu_training_small"  # 8x16 stage-1 tokens
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert chosen(model, torch.randn(1, 3, 32, 64)) == "cpu_training_small"  # bf16 autocast too
+        assert chosen(model, x) == "reference"
     model.eval()
     assert chosen(model, x) == "cpu_training"  # e.g. Grad-CAM: eval mode with autograd
     with torch.no_grad():
@@ -298,11 +302,36 @@ def assert_training_path_equals_reference(name, x, path):
         assert (fast_grads[n] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-7, n
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_small_images_training_path_under_bf16_autocast_is_within_bf16_round_off(name):
+    """Under CPU bf16 autocast (tap matrices also on stage 1's 8x8 grid and stage 2's 4x4): every gradient as close
+    to float32's as the reference modules' under autocast are (3x their error, plus 1% of the tensor's scale)."""
+    model = coat.create_model(name, num_classes=10, drop_path_rate=0.1).train()
+    x = torch.randn(2, 3, 32, 32)
+
+    def step(bf16: bool, reference: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        image = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same drop-path draws on every run
+        with fast.only() if reference else contextlib.nullcontext(), torch.autocast("cpu", enabled=bf16):
+            loss = model(image).float().square().sum()
+        loss.backward()
+        return {"loss": loss.detach(), "input": image.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert chosen(model, x) == "cpu_training_small"
+    exact, path, reference = step(False, True), step(True, False), step(True, True)
+    for n, value in exact.items():
+        reference_error = (reference[n] - value).abs().max()
+        assert (path[n] - value).abs().max() <= 3 * reference_error + 0.01 * value.abs().max(), n
+
+
 @pytest.mark.parametrize(
-    ("grid", "kernel_size"), [((1, 1), 3), ((1, 1), 7), ((2, 2), 3), ((2, 3), 5), ((4, 4), 7), ((1, 4), 3)]
+    ("grid", "kernel_size"),
+    [((1, 1), 3), ((1, 1), 7), ((2, 2), 3), ((2, 3), 5), ((4, 4), 7), ((1, 4), 3), ((8, 8), 5), ((6, 8), 7)],
 )
 def test_tap_matrices_are_the_depthwise_convolution(grid, kernel_size):
-    assert runs_as_tap_matrices(kernel_size, grid)
+    """Both forms (a broadcast product up to 4 tokens, a batched product above) equal ``conv2d``."""
     x = torch.randn(3, grid[0] * grid[1], 5, dtype=torch.double, requires_grad=True)  # image tokens [B, H*W, C]
     weight = torch.randn(5, 1, kernel_size, kernel_size, dtype=torch.double, requires_grad=True)
     bias = torch.randn(5, dtype=torch.double, requires_grad=True)
@@ -315,8 +344,11 @@ def test_tap_matrices_are_the_depthwise_convolution(grid, kernel_size):
 def test_only_grids_narrower_than_the_kernel_run_as_tap_matrices():
     assert not runs_as_tap_matrices(3, (4, 4))  # oneDNN's backward is fast where the kernel fits
     assert not runs_as_tap_matrices(7, (8, 8))
-    assert not runs_as_tap_matrices(7, (3, 6))  # 18 tokens: above MAX_TOKENS
+    assert not runs_as_tap_matrices(7, (3, 6))  # 18 tokens: above FLOAT32_MAX_TOKENS
     assert runs_as_tap_matrices(5, (4, 4)) and runs_as_tap_matrices(3, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN's bf16 backward is slow for windows of 5+ too
+        assert runs_as_tap_matrices(7, (8, 8)) and runs_as_tap_matrices(5, (4, 4)) and runs_as_tap_matrices(3, (1, 1))
+        assert not runs_as_tap_matrices(3, (4, 4)) and not runs_as_tap_matrices(7, (8, 9))  # 72 tokens
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -13,8 +13,9 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
   once. Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 at batch 1 and 16.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager, from 16x16
   stage-1 tokens. Measured on the same two: training step and peak memory at batch 16.
-- ``cpu_training_small``: the same on smaller images, the reference modules with the depthwise convolutions
-  of grids narrower than their kernel as tap matrices. Measured on the AMD EPYC VM (32x32, batch 128).
+- ``cpu_training_small``: the same on smaller images, in float32 or under CPU bf16 autocast: the reference
+  modules with the depthwise convolutions where oneDNN's backward is slow as tap matrices. Measured at 32x32,
+  batch 128: float32 on the AVX2 EPYC VM, bf16 autocast on a Zen 4 EPYC with AVX-512 BF16.
 - ``cuda_triton`` (opt-in: not measured yet): CUDA, eager; factorized attention's context from
   Triton kernels. Used only inside ``only("cuda_triton")`` until a GPU run of ``benchmarks/gpu.py``
   shows where it pays.
