@@ -1,4 +1,4 @@
-"""Depthwise convolutions on images narrower than their kernel, as per-channel tap matrices.
+"""Depthwise convolutions on small token grids (narrower than their kernel, or near it), as per-channel tap matrices.
 
 At small inputs CoaT's last stages have 1x1, 2x2 or 4x4 token grids, smaller than CPE's 3x3 and CRPE's
 5x5 and 7x7 windows, so most taps fall on the padding. oneDNN runs the forward of such a depthwise
