@@ -36,6 +36,8 @@ def test_the_seam_picks_a_path_only_where_it_was_measured():
         with fast.only("cpu_training"):
             assert chosen(model, x) == "reference"
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert chosen(model, x) == ("cpu_bf16_autocast" if cpu_has_native_bf16() else "reference")
+        with torch.autocast("cpu", dtype=torch.float16):
             assert chosen(model, x) == "reference"
         with FlopCounterMode(display=False):
             assert chosen(model, x) == "reference"
@@ -66,9 +68,11 @@ def test_the_seam_says_why_the_reference_runs():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert fast.choose(model, x).reason == "every condition of the path holds"
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.float16):
             reason = fast.choose(model, x).reason
         assert "cpu_inference needs no CPU autocast" in reason and "cpu_training needs autograd on" in reason
+        if cpu_has_native_bf16():
+            assert "cpu_bf16_autocast needs CPU autocast to bf16" in reason
         with FlopCounterMode(display=False):
             assert "TorchDispatchMode" in fast.choose(model, x).reason
         with fast.only():
@@ -178,6 +182,46 @@ def test_bf16_path_is_the_reference_within_bf16_round_off(name):
 
 
 @needs_mkldnn_bf16
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", ALL)
+def test_bf16_autocast_path_is_within_bf16_round_off(name, batch):
+    """The ``cpu_bf16`` kernels for a float32 model under CPU bf16 autocast (run directly: any CPU with oneDNN's
+    bf16): bf16 logits as close to float32's as the reference modules' under autocast are."""
+    torch.manual_seed(0)
+    model = coat.create_model(name, num_classes=10).eval()
+    x = torch.randn(batch, 3, 161, 131)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            path = model.forward_head(model.head_features(cpu_bf16.AUTOCAST_PATH.tokens(model, x)[0]))
+            with fast.only():
+                reference = model(x)
+    assert path.dtype == reference.dtype == torch.bfloat16
+    error, reference_error = (path.float() - expected).abs().max(), (reference.float() - expected).abs().max()
+    assert error <= 1.5 * reference_error + 0.01 * expected.abs().max()
+
+
+@needs_mkldnn_bf16
+def test_bf16_autocast_path_sees_every_change_of_the_weights():
+    """The bf16 copy it runs is made again after a weight changes in place or is replaced."""
+    model = coat.create_model("coat_lite_tiny", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def logits(of=model):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return of.forward_head(of.head_features(cpu_bf16.AUTOCAST_PATH.tokens(of, x)[0])).float()
+
+    before = logits()
+    with torch.no_grad():
+        model.stages[0].patch_embed.proj.weight.mul_(2)
+    changed = logits()
+    assert not torch.equal(before, changed) and torch.equal(changed, logits(copy.deepcopy(model)))  # a new copy
+    fc2 = model.stages[3].blocks[0].mlp.fc2
+    fc2.weight = torch.nn.Parameter(torch.zeros_like(fc2.weight))
+    assert torch.equal(logits(), logits(copy.deepcopy(model)))
+
+
+@needs_mkldnn_bf16
 @pytest.mark.parametrize("variant", ["coat_lite_tiny", "coat_tiny"])
 def test_bf16_path_keeps_the_fixtures_top_classes(variant, authors_checkpoint):
     from test_parity import fixture
@@ -262,7 +306,7 @@ def test_onnx_export_writes_the_onnx_export_path_unless_hooks_or_only_say_otherw
     assert "hooks" in fast.choose(model, x).reason
     handle.remove()
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: False)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # no path serves: each says why
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):  # no path serves: each says why
         assert "onnx_export needs ONNX export" in fast.choose(model, x).reason  # never outside an export
 
 

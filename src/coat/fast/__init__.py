@@ -11,6 +11,8 @@ the calls it serves and the ``CoaTConfig`` values it was written for.
 - ``cpu_bf16``: CPU with AMX or AVX-512 BF16, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no
   autograd, eval mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed
   once. Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 at batch 1 and 16.
+- ``cpu_bf16_autocast``: the same CPUs, a float32 model under CPU bf16 autocast, no autograd, eval mode, the
+  released co-scale mode: ``cpu_bf16``'s kernels on a bf16 copy of the model. Measured on the Zen 4 EPYC.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager, from 16x16
   stage-1 tokens. Measured on the same two: training step and peak memory at batch 16.
 - ``cpu_training_small``: the same on smaller images, in float32 or under CPU bf16 autocast: the reference
@@ -59,6 +61,7 @@ Implementation = Callable[[nn.Module, torch.Tensor], Tokens]
 FAST_PATHS: tuple[FastPath, ...] = (
     cpu_inference.PATH,
     cpu_bf16.PATH,
+    cpu_bf16.AUTOCAST_PATH,
     cpu_training.PATH,
     cpu_training.SMALL_IMAGES_PATH,
     cuda_triton.PATH,

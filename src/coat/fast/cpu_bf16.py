@@ -16,7 +16,9 @@ bf16, our float32 path and OpenVINO's bf16 (BENCHMARKS.md, "Deploying on CPUs"):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -26,14 +28,16 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 from .cpu_inference import InferenceKernels
 from .kernels import ScaleAttention, ValueEncoder, merged_crpe_weights
-from .path import NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, cpu_has_native_bf16
+from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, Tokens, cpu_has_native_bf16
 from .tiled_mlp import tile_rows
+from .trunk import run_trunk
 
 # 4 MiB of bf16 hidden activations per MLP row tile: the best of 1-4 MiB with coat_lite_tiny at batch 1 and 16
 TILE_HIDDEN_ELEMENTS = 2**21
 _packed_weights = WeakIdKeyDictionary()  # weight -> (its version when packed, the packed weight)
 _merged_crpe = WeakIdKeyDictionary()  # CRPE module -> (its weights' versions, packed merged weight, bias, padding)
 _head_masks: dict[tuple[int, int, float], torch.Tensor] = {}
+_bf16_copies = WeakIdKeyDictionary()  # model -> (its parameters' ids and versions when copied, the bf16 copy)
 
 
 def _pack_once(weight: torch.Tensor, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -149,20 +153,73 @@ class Bf16InferenceKernels(InferenceKernels):
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).view_as(x)
 
 
+@dataclass(frozen=True)
+class AutocastBf16Path(FastPath):
+    """The ``cpu_bf16`` kernels for a float32 model called under ``torch.autocast("cpu", torch.bfloat16)``: they
+    run with autocast off on a bf16 copy of the model (``bf16_copy``) and the images cast to bf16, so every
+    product is bf16 as under autocast, and the logits come out of the model's own head under autocast."""
+
+    def tokens(self, model: nn.Module, x: torch.Tensor) -> Tokens:
+        with torch.autocast("cpu", enabled=False):
+            return run_trunk(bf16_copy(model), x.to(torch.bfloat16), self.kernels)
+
+
+def bf16_copy(model: nn.Module) -> nn.Module:
+    """A bf16 copy of ``model``, made again only after one of its parameters changed (moved version counter) or
+    was replaced; parameters made under ``torch.inference_mode`` have no version counter: copied on every call.
+    Costs half the float32 weights' memory while ``model`` lives."""
+    parameters = list(model.parameters())
+    if any(p.is_inference() for p in parameters):
+        return copy.deepcopy(model).to(torch.bfloat16)
+    signature = tuple((id(p), p._version) for p in parameters)
+    cached = _bf16_copies.get(model)
+    if cached is None or cached[0] != signature:
+        cached = (signature, copy.deepcopy(model).to(torch.bfloat16))
+        _bf16_copies[model] = cached
+    return cached[1]
+
+
+def _bf16_autocast(model: nn.Module, x: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def _bf16_model_and_input(model: nn.Module, x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in model.stages[0].parameters())
 
+
+NATIVE_BF16 = Condition(
+    "a CPU with AMX or AVX-512 BF16 (where it was measured)", lambda model, x: cpu_has_native_bf16()
+)
+AUTOGRAD_OFF = Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled())
+EVAL_MODE = Condition("eval mode", lambda model, x: not model.training)
 
 PATH = FastPath(
     "cpu_bf16",
     Bf16InferenceKernels(),
     conditions=(
         ON_CPU,
-        Condition("a CPU with AMX or AVX-512 BF16 (where it was measured)", lambda model, x: cpu_has_native_bf16()),
+        NATIVE_BF16,
         Condition("bf16 weights and inputs (model.to(torch.bfloat16))", _bf16_model_and_input),
-        Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled()),
+        AUTOGRAD_OFF,
         NO_CPU_AUTOCAST,
-        Condition("eval mode", lambda model, x: not model.training),
+        EVAL_MODE,
+    ),
+    config={**SIZE_FIELDS, "coscale": ("interpolate",)},
+)
+
+AUTOCAST_PATH = AutocastBf16Path(
+    "cpu_bf16_autocast",
+    Bf16InferenceKernels(),
+    conditions=(
+        ON_CPU,
+        NATIVE_BF16,
+        FLOAT32,
+        Condition(
+            "float32 weights", lambda model, x: all(p.dtype == torch.float32 for p in model.stages[0].parameters())
+        ),
+        Condition("CPU autocast to bf16", _bf16_autocast),
+        AUTOGRAD_OFF,
+        EVAL_MODE,
     ),
     config={**SIZE_FIELDS, "coscale": ("interpolate",)},
 )
