@@ -16,6 +16,7 @@ from coat.fast.kernels import Kernels
 from coat.fast.path import cpu_has_native_bf16
 from coat.fast.small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from coat.fast.trunk import run_trunk
+from coat.fast.weight_forms import FormCache, signature
 from conftest import small_coscale_model
 
 ALL = coat.list_models()
@@ -219,6 +220,29 @@ def test_bf16_autocast_path_sees_every_change_of_the_weights():
     fc2 = model.stages[3].blocks[0].mlp.fc2
     fc2.weight = torch.nn.Parameter(torch.zeros_like(fc2.weight))
     assert torch.equal(logits(), logits(copy.deepcopy(model)))
+    before = logits()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # moves no version counter (torch 2.14)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    changed = logits()
+    assert not torch.equal(before, changed) and torch.equal(changed, logits(copy.deepcopy(model)))
+
+
+def test_forms_of_the_weights_are_made_again_after_any_change():
+    weight = torch.nn.Parameter(torch.randn(3, 3))
+    forms = FormCache(lambda w: [w], lambda w: w.detach().clone())
+    first = forms(weight)
+    assert forms(weight) is first  # kept while unchanged
+    with torch.no_grad():
+        weight.mul_(2)
+    assert torch.equal(forms(weight), weight)
+    weight.grad = torch.ones_like(weight)
+    torch.optim.AdamW([weight], lr=0.1, fused=True).step()
+    assert torch.equal(forms(weight), weight)  # a fused step moves no version counter: the step count tells
+    with torch.inference_mode():
+        made_there = torch.randn(3)
+    assert signature([made_there]) is None and forms(made_there) is not forms(made_there)  # no versions: every call
 
 
 @needs_mkldnn_bf16

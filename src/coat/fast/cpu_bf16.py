@@ -3,8 +3,9 @@
 Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 against the reference modules in
 bf16, our float32 path and OpenVINO's bf16 (BENCHMARKS.md, "Deploying on CPUs"):
 - every Linear runs as oneDNN's fused linear (``mkldnn::_linear_pointwise``) on its weight reordered once into
-  oneDNN's blocked layout (cached per weight and version: an update of the weight is seen): fc1 with the GELU
-  fused, fc2 with the residual addition fused; PyTorch's own bf16 ``linear`` copies its output and runs GELU apart;
+  oneDNN's blocked layout (kept while the weight is unchanged, ``weight_forms``: in-place changes and optimizer
+  steps are seen): fc1 with the GELU fused, fc2 with the residual addition fused; PyTorch's own bf16 ``linear``
+  copies its output and runs GELU apart;
 - the depthwise convs (CPE; CRPE's windows merged into one, as in ``cpu_inference``) run as oneDNN's convolution
   (``mkldnn::_convolution_pointwise``) on weights reordered once the same way: 3-4x ``conv2d`` at batch 1;
 - factorized attention over all heads at once, as block-diagonal matrices: ``softmax(k)^T @ v`` over all channels
@@ -17,13 +18,10 @@ bf16, our float32 path and OpenVINO's bf16 (BENCHMARKS.md, "Deploying on CPUs"):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 from .cpu_inference import InferenceKernels
@@ -31,30 +29,14 @@ from .kernels import ScaleAttention, ValueEncoder, merged_crpe_weights
 from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, Tokens, cpu_has_native_bf16
 from .tiled_mlp import tile_rows
 from .trunk import run_trunk
+from .weight_forms import FormCache
 
 # 4 MiB of bf16 hidden activations per MLP row tile: the best of 1-4 MiB with coat_lite_tiny at batch 1 and 16
 TILE_HIDDEN_ELEMENTS = 2**21
-_packed_weights = WeakIdKeyDictionary()  # weight -> (its version when packed, the packed weight)
-_merged_crpe = WeakIdKeyDictionary()  # CRPE module -> (its weights' versions, packed merged weight, bias, padding)
 _head_masks: dict[tuple[int, int, float], torch.Tensor] = {}
-_bf16_copies = WeakIdKeyDictionary()  # model -> (its parameters' ids and versions when copied, the bf16 copy)
 
-
-def _pack_once(weight: torch.Tensor, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``pack(weight)``, computed again only after ``weight`` changed (its version counter moved). Tensors made
-    under ``torch.inference_mode`` have no version counter: theirs is packed on every call."""
-    if weight.is_inference():
-        return pack(weight)
-    cached = _packed_weights.get(weight)
-    if cached is None or cached[0] != weight._version:
-        cached = (weight._version, pack(weight))
-        _packed_weights[weight] = cached
-    return cached[1]
-
-
-def packed(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ``[out, in]`` in oneDNN's blocked layout for ``_linear_pointwise``."""
-    return _pack_once(weight, torch.ops.mkldnn._reorder_linear_weight)
+# weight [out, in] -> itself in oneDNN's blocked layout for _linear_pointwise, made again when it changes
+packed = FormCache(lambda weight: [weight], torch.ops.mkldnn._reorder_linear_weight)
 
 
 def depthwise_conv(image: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor, padding: int) -> torch.Tensor:
@@ -71,20 +53,26 @@ def packed_conv_weight(weight: torch.Tensor, padding: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_convolution_weight(weight, [padding] * 2, [1, 1], [1, 1], weight.shape[0])
 
 
-def packed_cpe_weight(cpe: ConvPosEnc) -> torch.Tensor:
-    return _pack_once(cpe.proj.weight, partial(packed_conv_weight, padding=cpe.proj.padding[0]))
+# CPE -> its conv's weight packed for depthwise_conv, made again when it changes
+packed_cpe_weight = FormCache(
+    lambda cpe: [cpe.proj.weight], lambda cpe: packed_conv_weight(cpe.proj.weight, cpe.proj.padding[0])
+)
+
+
+def _packed_merged_crpe(crpe: ConvRelPosEnc) -> tuple[torch.Tensor, torch.Tensor, int]:
+    weight, bias, padding = merged_crpe_weights(crpe)
+    return packed_conv_weight(weight, padding), bias, padding
+
+
+# CRPE -> its windows merged into one conv (weight packed for depthwise_conv, bias, padding), made again on a change
+merged_packed_crpe = FormCache(
+    lambda crpe: [t for conv in crpe.convs for t in (conv.weight, conv.bias)], _packed_merged_crpe
+)
 
 
 def packed_crpe(crpe: ConvRelPosEnc) -> ValueEncoder:
-    """``merged_crpe``'s one conv on its merged weight, packed once per version of the window convs' weights."""
-    tensors = [t for conv in crpe.convs for t in (conv.weight, conv.bias)]
-    versions = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
-    cached = _merged_crpe.get(crpe)
-    if versions is None or cached is None or cached[0] != versions:  # None: made in inference mode, no versions
-        weight, bias, padding = merged_crpe_weights(crpe)
-        cached = (versions, packed_conv_weight(weight, padding), bias, padding)
-        _merged_crpe[crpe] = cached
-    _, weight, bias, padding = cached
+    """``merged_crpe``'s one conv on its merged weight, packed once while the window convs' weights are unchanged."""
+    weight, bias, padding = merged_packed_crpe(crpe)
 
     def encode_values(v: torch.Tensor, grid: Grid) -> torch.Tensor:
         return nchw_to_tokens(depthwise_conv(tokens_to_nchw(v, grid), weight, bias, padding))  # [B, H*W, C]
@@ -164,19 +152,8 @@ class AutocastBf16Path(FastPath):
             return run_trunk(bf16_copy(model), x.to(torch.bfloat16), self.kernels)
 
 
-def bf16_copy(model: nn.Module) -> nn.Module:
-    """A bf16 copy of ``model``, made again only after one of its parameters changed (moved version counter) or
-    was replaced; parameters made under ``torch.inference_mode`` have no version counter: copied on every call.
-    Costs half the float32 weights' memory while ``model`` lives."""
-    parameters = list(model.parameters())
-    if any(p.is_inference() for p in parameters):
-        return copy.deepcopy(model).to(torch.bfloat16)
-    signature = tuple((id(p), p._version) for p in parameters)
-    cached = _bf16_copies.get(model)
-    if cached is None or cached[0] != signature:
-        cached = (signature, copy.deepcopy(model).to(torch.bfloat16))
-        _bf16_copies[model] = cached
-    return cached[1]
+# model -> a bf16 copy of it, made again when a weight changes (weight_forms): half the float32 weights' memory
+bf16_copy = FormCache(lambda model: list(model.parameters()), lambda model: copy.deepcopy(model).to(torch.bfloat16))
 
 
 def _bf16_autocast(model: nn.Module, x: torch.Tensor) -> bool:

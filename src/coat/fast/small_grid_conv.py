@@ -8,7 +8,7 @@ at 32x32, batch 128, AMD EPYC: 207 of 770 ms; BENCHMARKS.md "Training on small i
 On a grid of ``P = H*W`` tokens a depthwise convolution is the linear map it is: output token ``p`` of
 channel ``c`` is ``bias[c] + sum_q M_c[p, q] * x[q, c]``, where ``M_c[p, q]`` is channel ``c``'s tap at the
 offset from ``p`` to ``q`` (zero outside the window). The matrices are one product of the taps with a fixed
-one-hot ``[k*k + 1, P*P]`` matrix (its backward a product too); the map is one broadcast product and sum over
+0/1 ``[k*k, P*P]`` selection (its backward a product too); the map is one broadcast product and sum over
 ``[B, P, P, C]`` on grids of up to 4 tokens, one batched product over channels above (coat_lite_tiny's shapes,
 forward + backward, Zen 4 EPYC: at 4x4 with a 7x7 kernel 2.8 ms against 12.7 ms broadcast in float32).
 
@@ -45,17 +45,17 @@ def runs_as_tap_matrices(kernel_size: int, grid: Grid) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def tap_selection(grid: Grid, kernel_size: int) -> torch.Tensor:
-    """``[k*k + 1, P*P]`` one-hot: column ``p*P + q`` selects the row-major kernel tap linking output token ``p``
-    to input token ``q`` on ``grid``, or row ``k*k`` (a zero appended to the taps) where ``q`` is outside ``p``'s
-    window."""
+    """``[k*k, P*P]`` of 0 and 1: column ``p*P + q`` selects the row-major kernel tap linking output token ``p`` to
+    input token ``q`` on ``grid``, and is zero where ``q`` is outside ``p``'s window."""
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     half = kernel_size // 2
     dy = rows[None, :] - rows[:, None] + half  # [P, P]: the tap row for (p, q)
     dx = cols[None, :] - cols[:, None] + half
-    inside = (dy >= 0) & (dy < kernel_size) & (dx >= 0) & (dx < kernel_size)
-    taps = torch.where(inside, dy * kernel_size + dx, kernel_size * kernel_size).flatten()  # [P*P]
-    return torch.nn.functional.one_hot(taps, kernel_size * kernel_size + 1).T.float()
+    inside = ((dy >= 0) & (dy < kernel_size) & (dx >= 0) & (dx < kernel_size)).flatten()  # [P*P]
+    selection = torch.zeros(kernel_size * kernel_size, inside.numel())
+    selection[(dy * kernel_size + dx).flatten()[inside], inside.nonzero().squeeze(1)] = 1.0
+    return selection
 
 
 def depthwise_conv_tokens(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -63,9 +63,8 @@ def depthwise_conv_tokens(tokens: torch.Tensor, weight: torch.Tensor, bias: torc
     with ``weight`` ``[C, 1, k, k]`` and ``bias`` ``[C]``: -> ``[B, P, C]``."""
     channels, _, kernel_size, _ = weight.shape
     points = grid[0] * grid[1]
-    taps = torch.cat((weight.reshape(channels, -1), weight.new_zeros(channels, 1)), dim=1)  # [C, k*k + 1]
     selection = tap_selection(grid, kernel_size).to(weight)
-    matrices = (taps @ selection).view(channels, points, points)  # [C, P(out), P(in)]
+    matrices = (weight.reshape(channels, -1) @ selection).view(channels, points, points)  # [C, P(out), P(in)]
     if points <= BROADCAST_MAX_TOKENS:
         return (tokens.unsqueeze(1) * matrices.permute(1, 2, 0)).sum(2) + bias  # [B, 1, P, C] * [P, P, C] -> [B, P, C]
     per_channel = tokens.permute(2, 0, 1).contiguous()  # [C, B, P]
