@@ -227,6 +227,7 @@ def test_bf16_autocast_path_sees_every_change_of_the_weights():
     optimizer.step()
     changed = logits()
     assert not torch.equal(before, changed) and torch.equal(changed, logits(copy.deepcopy(model)))
+    assert all(p.grad is None for p in cpu_bf16.bf16_copy(model).parameters())  # the copy leaves gradients out
 
 
 def test_forms_of_the_weights_are_made_again_after_any_change():

@@ -152,8 +152,16 @@ class AutocastBf16Path(FastPath):
             return run_trunk(bf16_copy(model), x.to(torch.bfloat16), self.kernels)
 
 
+def _bf16_weights_only(model: nn.Module) -> nn.Module:
+    """A bf16 copy of ``model`` without its gradients (a model evaluated during training holds them)."""
+    clone = copy.deepcopy(model)
+    for parameter in clone.parameters():
+        parameter.grad = None
+    return clone.to(torch.bfloat16)
+
+
 # model -> a bf16 copy of it, made again when a weight changes (weight_forms): half the float32 weights' memory
-bf16_copy = FormCache(lambda model: list(model.parameters()), lambda model: copy.deepcopy(model).to(torch.bfloat16))
+bf16_copy = FormCache(lambda model: list(model.parameters()), _bf16_weights_only)
 
 
 def _bf16_autocast(model: nn.Module, x: torch.Tensor) -> bool:
