@@ -26,7 +26,18 @@ from torch import nn
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
 from .cpu_inference import InferenceKernels
 from .kernels import ScaleAttention, ValueEncoder, merged_crpe_weights
-from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath, Tokens, cpu_has_native_bf16
+from .path import (
+    AUTOGRAD_OFF,
+    EVAL_MODE,
+    FLOAT32,
+    NATIVE_BF16,
+    NO_CPU_AUTOCAST,
+    ON_CPU,
+    SIZE_FIELDS,
+    Condition,
+    FastPath,
+    Tokens,
+)
 from .tiled_mlp import tile_rows
 from .trunk import run_trunk
 from .weight_forms import FormCache
@@ -171,12 +182,6 @@ def _bf16_autocast(model: nn.Module, x: torch.Tensor) -> bool:
 def _bf16_model_and_input(model: nn.Module, x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in model.stages[0].parameters())
 
-
-NATIVE_BF16 = Condition(
-    "a CPU with AMX or AVX-512 BF16 (where it was measured)", lambda model, x: cpu_has_native_bf16()
-)
-AUTOGRAD_OFF = Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled())
-EVAL_MODE = Condition("eval mode", lambda model, x: not model.training)
 
 PATH = FastPath(
     "cpu_bf16",

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, resize_image_tokens, tokens_to_nchw
 from .kernels import BlockRunner, Kernels, ScaleAttention, factorized_attention, merged_crpe
-from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
+from .path import AUTOGRAD_OFF, EVAL_MODE, FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, FastPath
 from .tiled_mlp import tile_rows
 
 CHUNK_ELEMENTS = 2**20  # samples per chunk: tokens of about 4 MiB of float32
@@ -82,9 +82,9 @@ PATH = FastPath(
     conditions=(
         ON_CPU,
         FLOAT32,
-        Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled()),
+        AUTOGRAD_OFF,
         NO_CPU_AUTOCAST,
-        Condition("eval mode", lambda model, x: not model.training),
+        EVAL_MODE,
     ),
     config={**SIZE_FIELDS, "coscale": ("interpolate",)},
 )

@@ -36,7 +36,7 @@ from .kernels import (
     merged_crpe,
     merged_crpe_weights,
 )
-from .path import FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
+from .path import AUTOGRAD_ON, FLOAT32, NO_CPU_AUTOCAST, ON_CPU, SIZE_FIELDS, Condition, FastPath
 from .small_grid_conv import depthwise_conv_tokens, runs_as_tap_matrices
 from .tiled_mlp import TILE_HIDDEN_ELEMENTS, NormMlpFunction, tile_rows
 
@@ -103,7 +103,7 @@ def _enough_stage1_tokens(model: nn.Module, x: torch.Tensor) -> bool:
     return (x.shape[-2] // patch) * (x.shape[-1] // patch) >= MIN_STAGE1_TOKENS
 
 
-_TRAINING = (ON_CPU, FLOAT32, Condition("autograd on", lambda model, x: torch.is_grad_enabled()), NO_CPU_AUTOCAST)
+_TRAINING = (ON_CPU, FLOAT32, AUTOGRAD_ON, NO_CPU_AUTOCAST)
 _CONFIG = {**SIZE_FIELDS, "coscale": ("interpolate",)}
 
 PATH = FastPath(
@@ -124,7 +124,7 @@ SMALL_IMAGES_PATH = FastPath(
     conditions=(
         ON_CPU,
         FLOAT32,
-        Condition("autograd on", lambda model, x: torch.is_grad_enabled()),
+        AUTOGRAD_ON,  # float32 or under CPU bf16 autocast
         Condition(
             f"under {MIN_STAGE1_TOKENS} stage-1 tokens per image (under 64x64 pixels)",
             lambda model, x: not _enough_stage1_tokens(model, x),

@@ -38,6 +38,12 @@ def cpu_has_native_bf16() -> bool:
 ON_CPU = Condition("a CPU tensor", lambda model, x: x.device.type == "cpu")
 FLOAT32 = Condition("float32 inputs", lambda model, x: x.dtype == torch.float32)
 NO_CPU_AUTOCAST = Condition("no CPU autocast", lambda model, x: not torch.is_autocast_enabled("cpu"))
+AUTOGRAD_ON = Condition("autograd on", lambda model, x: torch.is_grad_enabled())
+AUTOGRAD_OFF = Condition("autograd off (torch.no_grad or inference_mode)", lambda model, x: not torch.is_grad_enabled())
+EVAL_MODE = Condition("eval mode", lambda model, x: not model.training)
+NATIVE_BF16 = Condition(
+    "a CPU with AMX or AVX-512 BF16 (where it was measured)", lambda model, x: cpu_has_native_bf16()
+)
 
 
 @dataclass(frozen=True)
