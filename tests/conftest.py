@@ -70,14 +70,17 @@ def small_coscale_model(num_classes: int = 5) -> coat.CoaT:
     return coat.CoaT(config)
 
 
+NAMED_CLASSES = ["a", "b", "c"]  # named_checkpoint's class names, labelled_images' folders
+
+
 @pytest.fixture(scope="module")
 def named_checkpoint(tmp_path_factory):
-    """A 3-class small co-scale CoaT at 64 pixels (crop 0.9), class names "a", "b", "c" in its metadata."""
+    """A 3-class small co-scale CoaT at 64 pixels (crop 0.9), NAMED_CLASSES in its metadata."""
     torch.manual_seed(0)
     model = small_coscale_model(num_classes=3)
     model.preprocessing = Preprocessing(input_size=64, crop_pct=0.9)
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(["a", "b", "c"])})
+    coat.save_checkpoint(model, path, metadata={"class_names": json.dumps(NAMED_CLASSES)})
     return path
 
 
@@ -85,7 +88,7 @@ def named_checkpoint(tmp_path_factory):
 def labelled_images(tmp_path_factory):
     """``CLASS/i.png`` for named_checkpoint's classes, three 80x72 images each (not the model's input size)."""
     root = tmp_path_factory.mktemp("images")
-    for label, name in enumerate(["a", "b", "c"]):
+    for label, name in enumerate(NAMED_CLASSES):
         (root / name).mkdir()
         for i in range(3):
             Image.new("RGB", (80, 72), (110 * label, 40 * i, 200 - 90 * label)).save(root / name / f"{i}.png")

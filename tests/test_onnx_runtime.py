@@ -10,11 +10,10 @@ import coat
 from coat.checkpoint import CheckpointError
 from coat.cli import main
 from coat.onnx_runtime import METADATA_KEYS, read_onnx
+from conftest import NAMED_CLASSES
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-
-CLASSES = ["a", "b", "c"]  # named_checkpoint's (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def exported(named_checkpoint, tmp_path_factory):
 
 def test_the_file_carries_its_class_names_and_preprocessing(named_checkpoint, exported, tmp_path):
     classifier, class_names, preprocessing = read_onnx(exported)
-    assert class_names == CLASSES
+    assert class_names == NAMED_CLASSES
     assert (preprocessing.input_size, preprocessing.crop_pct) == (64, 0.9)
     model = coat.load_model(named_checkpoint).eval()
     x = torch.randn(2, 3, 64, 96)
@@ -84,7 +83,7 @@ def test_eval_on_the_file_and_on_a_checkpoint_exported_on_the_fly(
         assert results[name]["images"] == 9 and results[name]["runtime"] == "onnxruntime"
         assert results[name]["top1"] == results["pytorch"]["top1"]
         assert abs(results[name]["loss"] - results["pytorch"]["loss"]) < 1e-4
-        assert results[name]["per_class_accuracy"].keys() == set(CLASSES)
+        assert results[name]["per_class_accuracy"].keys() == set(NAMED_CLASSES)
 
 
 def test_bench_runs_onnx_runtime(capsys):

@@ -16,6 +16,7 @@ from PIL import Image
 
 import coat
 from coat.cli import main
+from conftest import NAMED_CLASSES
 
 pytest.importorskip("openvino")
 
@@ -80,7 +81,7 @@ def test_export_cli_openvino_parity(exported_ir, named_checkpoint, tmp_path):
     result = json.loads(check.stdout.strip().splitlines()[-1])
     assert all(d < 1e-4 for d in result["diffs"].values())
     assert result["bf16_relative_error"] < (1e-4 if result["bf16_precision"] == "fp32" else 0.05)
-    assert result["class_names"] == ["a", "b", "c"] and result["input_size"] == 64
+    assert result["class_names"] == NAMED_CLASSES and result["input_size"] == 64
     assert "holds no class names or preprocessing" in result["foreign"]
 
     again = _coat("export", "--checkpoint", str(named_checkpoint), "--format", "openvino", "--output", str(out))
@@ -105,7 +106,7 @@ def test_predict_on_the_ir_in_bf16_agrees_with_pytorch(named_checkpoint, exporte
     done = _coat(*argv, "--checkpoint", ir, "--runtime", "openvino", "--dtype", "bf16")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
-    assert {t["label"] for t in results[0]["topk"]} == {"a", "b", "c"}
+    assert {t["label"] for t in results[0]["topk"]} == set(NAMED_CLASSES)
     probabilities["openvino", "bf16"] = _probabilities(results)
     expected = probabilities["pytorch", "fp32"]
     for key, got in probabilities.items():
@@ -124,7 +125,7 @@ def test_eval_on_the_ir_measures_what_pytorch_measures(named_checkpoint, exporte
         records[name] = json.loads((output / "results.json").read_text())
     assert records["ir"]["images"] == 9 and records["ir"]["top1"] == records["pytorch"]["top1"]
     assert abs(records["ir"]["loss"] - records["pytorch"]["loss"]) < 1e-4
-    assert records["ir"]["per_class_accuracy"].keys() == {"a", "b", "c"}
+    assert records["ir"]["per_class_accuracy"].keys() == set(NAMED_CLASSES)
 
 
 def test_bench_cli_openvino_rows():
