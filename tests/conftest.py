@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def small_coscale_model(num_classes: int = 5) -> coat.CoaT:
 
 
 NAMED_CLASSES = ["a", "b", "c"]  # named_checkpoint's class names, labelled_images' folders
+
+
+def coat_in_child(*argv: str) -> subprocess.CompletedProcess:
+    """``coat ARGV`` in a child process (OpenVINO runs only there: with its CPU plugin loaded, the test process
+    segfaulted at a later test's ``fork``)."""
+    return subprocess.run([sys.executable, "-m", "coat.cli", *argv], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,9 @@ from PIL import Image
 
 import coat
 from coat.cli import main
-from conftest import NAMED_CLASSES
+from conftest import NAMED_CLASSES, coat_in_child
 
 pytest.importorskip("openvino")
-
-
-def _coat(*argv: str) -> subprocess.CompletedProcess:
-    """``coat ARGV`` in a child process."""
-    return subprocess.run([sys.executable, "-m", "coat.cli", *argv], capture_output=True, text=True, timeout=300)
 
 
 CHECK_IR = textwrap.dedent("""
@@ -57,7 +52,8 @@ def exported_ir(named_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "ir"
     previous = os.umask(0o027)
     try:
-        done = _coat("export", "--checkpoint", str(named_checkpoint), "--format", "openvino", "--output", str(out))
+        argv = ["--checkpoint", str(named_checkpoint), "--format", "openvino", "--output", str(out)]
+        done = coat_in_child("export", *argv)
     finally:
         os.umask(previous)
     return out, done
@@ -84,7 +80,7 @@ def test_export_cli_openvino_parity(exported_ir, named_checkpoint, tmp_path):
     assert result["class_names"] == NAMED_CLASSES and result["input_size"] == 64
     assert "holds no class names or preprocessing" in result["foreign"]
 
-    again = _coat("export", "--checkpoint", str(named_checkpoint), "--format", "openvino", "--output", str(out))
+    again = coat_in_child("export", "--checkpoint", str(named_checkpoint), "--format", "openvino", "--output", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr  # no silent overwrite
 
 
@@ -103,7 +99,7 @@ def test_predict_on_the_ir_in_bf16_agrees_with_pytorch(named_checkpoint, exporte
         assert main([*argv, "--checkpoint", str(named_checkpoint), "--dtype", dtype]) == 0
         probabilities["pytorch", dtype] = _probabilities(json.loads(capsys.readouterr().out))
     ir = str(exported_ir[0])
-    done = _coat(*argv, "--checkpoint", ir, "--runtime", "openvino", "--dtype", "bf16")
+    done = coat_in_child(*argv, "--checkpoint", ir, "--runtime", "openvino", "--dtype", "bf16")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert {t["label"] for t in results[0]["topk"]} == set(NAMED_CLASSES)
@@ -120,7 +116,7 @@ def test_eval_on_the_ir_measures_what_pytorch_measures(named_checkpoint, exporte
     for name, checkpoint, runtime in [("pytorch", named_checkpoint, "pytorch"), ("ir", exported_ir[0], "openvino")]:
         output = tmp_path / name
         argv = ["--data", str(labelled_images), "--workers", "0", "--output", str(output), "--device", "cpu"]
-        done = _coat("eval", "--checkpoint", str(checkpoint), "--runtime", runtime, *argv)
+        done = coat_in_child("eval", "--checkpoint", str(checkpoint), "--runtime", runtime, *argv)
         assert done.returncode == 0, done.stderr
         records[name] = json.loads((output / "results.json").read_text())
     assert records["ir"]["images"] == 9 and records["ir"]["top1"] == records["pytorch"]["top1"]
@@ -130,7 +126,7 @@ def test_eval_on_the_ir_measures_what_pytorch_measures(named_checkpoint, exporte
 
 def test_bench_cli_openvino_rows():
     argv = ["bench", "--model", "coat_lite_tiny", "--batch-size", "2", "--size", "64", "--warmup", "0"]
-    done = _coat(*argv, "--repeats", "1", "--modes", "eager", "openvino", "--json")
+    done = coat_in_child(*argv, "--repeats", "1", "--modes", "eager", "openvino", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [(r["mode"], r["dtype"]) for r in rows] == [("eager", "fp32"), ("openvino", "fp32")]

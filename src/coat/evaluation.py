@@ -16,6 +16,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .data.datasets import DataError, collate_skipping_none, eval_split
+from .data.preprocessing import Preprocessing
 from .files import refuse_overwrite, write_json
 from .plots import plot_confusion
 from .runtimes import load_predictor
@@ -31,6 +32,29 @@ class ClassificationReport:
     record: dict[str, Any]  # the contents of results.json
     results_path: Path
     confusion_path: Path
+
+
+def labelled_loader(
+    data: str | os.PathLike | None,
+    preprocessing: Preprocessing,
+    num_classes: int,
+    batch_size: int = 64,
+    workers: int = 2,
+    skip_corrupt: bool = False,
+    split: str = "val",
+    samples: int | None = None,
+) -> DataLoader:
+    """Batches ``(images, targets, skipped)`` of the labelled ``data`` to evaluate on (as ``evaluate_checkpoint``
+    reads it) with ``preprocessing``; a ``DataError`` where its classes are not the model's ``num_classes``."""
+    dataset = eval_split(
+        None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes, split, samples
+    )
+    if hasattr(dataset, "classes") and len(dataset.classes) != num_classes:
+        raise DataError(
+            f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
+            "evaluate on data with the same classes"
+        )
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_none)
 
 
 def evaluate_checkpoint(
@@ -65,15 +89,7 @@ def evaluate_checkpoint(
     predictor = load_predictor(checkpoint, model_name, runtime, dtype, target)
     class_names, num_classes = predictor.class_names, len(predictor.class_names)
     preprocessing = predictor.preprocessing.replace(input_size=input_size, crop_pct=crop_pct)
-    dataset = eval_split(
-        None if data is None else str(data), preprocessing.transforms(), skip_corrupt, num_classes, split, samples
-    )
-    if hasattr(dataset, "classes") and len(dataset.classes) != num_classes:
-        raise DataError(
-            f"the data has {len(dataset.classes)} classes but the checkpoint predicts {num_classes}; "
-            "evaluate on data with the same classes"
-        )
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_none)
+    loader = labelled_loader(data, preprocessing, num_classes, batch_size, workers, skip_corrupt, split, samples)
     result = evaluate(predictor.forward, loader, target, num_classes, progress="eval")
     record = {
         "checkpoint": str(checkpoint),

