@@ -25,7 +25,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, Grid, nchw_to_tokens, resize_image_tokens, tokens_to_nchw
+from ..models.layers import (
+    ConvPosEnc,
+    ConvRelPosEnc,
+    Grid,
+    add_to_image_tokens,
+    nchw_to_tokens,
+    resize_image_tokens,
+    tokens_to_nchw,
+)
 from .grouped_conv import GroupedDepthwiseConv
 from .kernels import (
     Kernels,
@@ -59,8 +67,7 @@ class SmallGridKernels(Kernels):
         conv = cpe.proj
         if not runs_as_tap_matrices(conv.kernel_size[0], grid):
             return cpe(x, grid)
-        image = x[:, 1:]  # [B, H*W, C]
-        return torch.cat((x[:, :1], image + depthwise_conv_tokens(image, conv.weight, conv.bias, grid)), dim=1)
+        return add_to_image_tokens(x, depthwise_conv_tokens(x[:, 1:], conv.weight, conv.bias, grid))
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
         window = largest_window(crpe)

@@ -7,12 +7,11 @@ coat_lite_tiny at 224x224, against the reference modules' graph (BENCHMARKS.md, 
   (the reference's ``softmax(k, dim=2)^T`` exports as a softmax over a middle axis between transposes);
 - CRPE's window groups run as one depthwise conv with the smaller kernels zero-padded to the largest window: one
   conv and one pair of ONNX Runtime's layout reorders per attention instead of three, no split and concat;
-- CRPE is added to the image tokens' rows only, the CLS row passing through (no zero row padded in);
-- CPE adds its conv's output to the tokens in their ``[B, N, C]`` layout (the reference adds in ``[B, C, H, W]``): the
-  layout change into the conv then has the conv as its only reader, so ONNX Runtime folds both transposes into its
-  layout reorders (``ReorderInput`` / ``ReorderOutput`` with ``channels_last``) instead of running them apart.
-  Measured on the Zen 4 EPYC VM (ONNX Runtime 1.32, interleaved): coat_lite_tiny 1.05x / 1.07x the file before
-  at batch 1 / 16, coat_tiny 1.02x / 1.03x.
+- CRPE is added to the image tokens' rows only, the CLS row passing through (no zero row padded in).
+The reference ``ConvPosEnc`` itself adds in the tokens' layout, a form ONNX Runtime runs fast: the layout change into
+the conv has the conv as its only reader, so ONNX Runtime folds both transposes into its layout reorders
+(``ReorderInput`` / ``ReorderOutput`` with ``channels_last``); measured on the Zen 4 EPYC VM (interleaved) against
+adding in ``[B, C, H, W]``: coat_lite_tiny 1.05x / 1.07x at batch 1 / 16, coat_tiny 1.02x / 1.03x.
 Together with opset 20's ``Gelu`` (``coat.export``: ONNX Runtime fuses it with the fc1 bias into ``BiasGelu``).
 """
 
@@ -20,22 +19,17 @@ from __future__ import annotations
 
 import torch
 
-from ..models.layers import ConvPosEnc, ConvRelPosEnc, FactorizedAttention, Grid, nchw_to_tokens, tokens_to_nchw
+from ..models.layers import ConvRelPosEnc, FactorizedAttention, Grid
 from .kernels import Kernels, ScaleAttention, ValueEncoder, merged_crpe
 from .path import SIZE_FIELDS, Condition, FastPath
 
 
 class OnnxExportKernels(Kernels):
-    """Attention and CPE in the forms above; every other piece is the reference module's."""
+    """Attention in the forms above; every other piece is the reference module's."""
 
     def attention_for_scale(self, crpe: ConvRelPosEnc) -> ScaleAttention:
         encode_values = merged_crpe(crpe)
         return lambda attn, x, grid: last_axis_attention(attn, x, grid, encode_values)
-
-    def add_position(self, cpe: ConvPosEnc, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """``ConvPosEnc``'s math with the addition in the tokens' layout: ``[B, 1+H*W, C]`` -> the same."""
-        encoded = nchw_to_tokens(cpe.proj(tokens_to_nchw(x, grid)))  # [B, H*W, C]
-        return torch.cat((x[:, :1], x[:, 1:] + encoded), dim=1)
 
 
 def last_axis_attention(

@@ -26,6 +26,11 @@ def nchw_to_tokens(feature: torch.Tensor) -> torch.Tensor:
     return feature.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def add_to_image_tokens(x: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, 1+H*W, C]`` with ``encoded`` ``[B, H*W, C]`` added to its image tokens, the CLS token as it is."""
+    return torch.cat((x[:, :1], x[:, 1:] + encoded), dim=1)
+
+
 def resize_image_tokens(x: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
     """Bilinearly resize the image tokens of ``x`` to the ``target`` grid (by size): -> ``[B, h*w, C]``."""
     image = F.interpolate(tokens_to_nchw(x, grid), size=target, mode="bilinear", align_corners=False)
@@ -54,9 +59,10 @@ class ConvPosEnc(nn.Module):
         self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        image = tokens_to_nchw(x, grid)  # [B, C, H, W]
-        encoded = image + self.proj(image)
-        return torch.cat((x[:, :1], nchw_to_tokens(encoded)), dim=1)  # [B, 1+H*W, C]
+        # added in the tokens' layout (the same numbers as in [B, C, H, W]): exported to ONNX, the layout change
+        # into the conv then has the conv as its only reader, which ONNX Runtime folds into its reorders
+        encoded = nchw_to_tokens(self.proj(tokens_to_nchw(x, grid)))  # [B, H*W, C]
+        return add_to_image_tokens(x, encoded)  # [B, 1+H*W, C]
 
 
 class ConvRelPosEnc(nn.Module):
