@@ -8,7 +8,9 @@ Rows (each checked against our PyTorch fp32 logits before timing: max abs diff, 
   its reference modules in bf16, on CPUs where oneDNN has bf16 kernels;
 - ONNX Runtime (CPU provider, default graph optimisation) on the file ``coat export`` writes, on the reference
   modules' graph at opset 18 (what ``coat export`` wrote before the seam's ``onnx_export`` path), and on timm's CoaT
-  exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs);
+  exported by torch.onnx's TorchScript exporter (timm's CoaT fixes its grid at 224, which that exporter needs), each
+  run as ``coat predict --runtime onnxruntime`` runs it (``OnnxRuntimeClassifier``: a batch as calls on about two
+  224x224 images);
 - OpenVINO (when the ``openvino`` package is installed) on our ONNX file, compiled for the batch's shape as
   ``coat predict --runtime openvino`` does, f32 and bf16 (bf16 runs on AMX / AVX-512 BF16 CPUs only, the row is
   skipped elsewhere), and int8 when ``nncf`` is installed (NNCF's post-training quantization, the layers it leaves

@@ -46,6 +46,24 @@ def test_the_file_carries_its_class_names_and_preprocessing(named_checkpoint, ex
     assert set(METADATA_KEYS.values()) <= {p.key for p in onnx.load(str(exported)).metadata_props}
 
 
+def test_large_batches_run_in_chunks_with_the_same_logits(exported, monkeypatch):
+    classifier, _, _ = read_onnx(exported)
+    x = torch.randn(5, 3, 64, 64).numpy()
+    whole = classifier.run(x)  # one call: 5 images of 64x64 are below CHUNK_PIXELS
+    calls = []
+    session_run = classifier.session.run
+
+    def counted_run(outputs, feeds):
+        calls.append(len(feeds[classifier.input_name]))
+        return session_run(outputs, feeds)
+
+    monkeypatch.setattr(classifier.session, "run", counted_run)
+    monkeypatch.setattr("coat.onnx_runtime.CHUNK_PIXELS", 2 * 64 * 64)
+    chunked = classifier.run(x)
+    assert calls == [2, 2, 1] and chunked.shape == whole.shape
+    assert abs(chunked - whole).max() < 1e-5
+
+
 def test_predict_on_the_file_agrees_with_pytorch(named_checkpoint, exported, labelled_images, capsys):
     argv = ["predict", str(labelled_images), "--json", "--topk", "3"]
     assert main([*argv, "--checkpoint", str(named_checkpoint)]) == 0

@@ -21,6 +21,10 @@ from .extras import require
 ONNX_SUFFIX = ".onnx"
 # the metadata_props keys holding the class names (a JSON list) and the preprocessing (Preprocessing.to_json)
 METADATA_KEYS = {"class_names": "coat.class_names", "preprocessing": "coat.preprocessing"}
+# Pixels per ONNX Runtime call (two 224x224 images): a batch of 16 run as calls on 2 images took 0.90x (coat_lite_tiny)
+# and 0.85x (coat_tiny) the time of one call on all 16 (Zen 4 EPYC; 1 and 4 images per call were within 7% of 2), as a
+# few images' activations stay in cache (BENCHMARKS.md, "Deploying on CPUs", fourth step)
+CHUNK_PIXELS = 2 * 224 * 224
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -32,7 +36,7 @@ def is_onnx(path: str | Path) -> bool:
 
 class OnnxRuntimeClassifier:
     """An ONNX file on ONNX Runtime's CPU provider: ``classifier(images [B, 3, H, W]) -> logits [B, classes]``, with
-    as many threads as PyTorch uses (or ``threads``)."""
+    as many threads as PyTorch uses (or ``threads``); large batches run as several calls of a few images."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         require("export")
@@ -49,8 +53,11 @@ class OnnxRuntimeClassifier:
         return self.session.get_modelmeta().custom_metadata_map
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """Logits ``[B, classes]`` for float32 ``images`` ``[B, 3, H, W]``."""
-        return self.session.run(None, {self.input_name: images})[0]
+        """Logits ``[B, classes]`` for float32 ``images`` ``[B, 3, H, W]``, in calls on chunks of ``CHUNK_PIXELS``."""
+        per_call = max(1, CHUNK_PIXELS // (images.shape[2] * images.shape[3]))
+        chunks = [images[i : i + per_call] for i in range(0, len(images), per_call)]
+        logits = [self.session.run(None, {self.input_name: chunk})[0] for chunk in chunks]  # [b, classes] each
+        return logits[0] if len(logits) == 1 else np.concatenate(logits)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(images.float().numpy()))
