@@ -6,11 +6,12 @@ is a ``FastPath``: kernels for the trunk's pieces (``kernels``), run in the orde
 the calls it serves and the ``CoaTConfig`` values it was written for.
 
 - ``cpu_inference``: CPU, float32, no autograd, eval mode, no autocast, the released co-scale mode;
-  eager, or inside ``torch.compile`` as one registered operator. Measured on 2-core AMD EPYC (AVX2)
+  eager, or inside ``torch.compile`` as one registered operator (``compiled``). Measured on 2-core AMD EPYC (AVX2)
   and Intel Xeon (AVX-512) VMs: eager at batch 1 and 16, compiled at batch 16.
 - ``cpu_bf16``: CPU with AMX or AVX-512 BF16, a bf16 model (``model.to(torch.bfloat16)``) on bf16 images, no
   autograd, eval mode, no autocast, the released co-scale mode; oneDNN's fused bf16 linears on weights packed
-  once. Measured on a 2-core Intel Xeon with AMX and a 2-core AMD EPYC with AVX-512 BF16 at batch 1 and 16.
+  once; eager, or inside ``torch.compile`` as the same registered operator. Measured on a 2-core Intel Xeon with AMX
+  and a 2-core AMD EPYC with AVX-512 BF16 at batch 1 and 16.
 - ``cpu_bf16_autocast``: the same CPUs, a float32 model under CPU bf16 autocast, no autograd, eval mode, the
   released co-scale mode: ``cpu_bf16``'s kernels on a bf16 copy of the model. Measured on the Zen 4 EPYC.
 - ``cpu_training``: CPU, float32, autograd on, no autocast, the released co-scale mode, eager, from 16x16
@@ -45,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -93,13 +95,7 @@ def choose(model: nn.Module, x: torch.Tensor) -> Choice:
     if required:
         return Choice("reference", required, reference)
     if torch.compiler.is_compiling():  # eager fast paths are opaque to the compiler: only as a registered operator
-        path = cpu_inference.PATH
-        why_not = _why_not(path, model, x)
-        if why_not is None:
-            return Choice(
-                path.name, "compiled: runs as the operator coat::cpu_inference_tokens", compiled.cpu_inference_tokens
-            )
-        return Choice("reference", f"torch.compile traces the reference modules ({path.name} {why_not})", reference)
+        return _choose_for_compile(model, x)
     reasons = []
     for path in FAST_PATHS:
         why_not = _why_not(path, model, x)
@@ -107,6 +103,19 @@ def choose(model: nn.Module, x: torch.Tensor) -> Choice:
             return Choice(path.name, "every condition of the path holds", path.tokens)
         reasons.append(f"{path.name} {why_not}")
     return Choice("reference", "no fast path serves this call: " + "; ".join(reasons), reference)
+
+
+def _choose_for_compile(model: nn.Module, x: torch.Tensor) -> Choice:
+    """While ``torch.compile`` traces: an eager CPU inference path as the operator ``compiled.OPERATOR`` where one
+    serves the call (they beat Inductor's code for the blocks), else the reference modules for Inductor."""
+    reasons = []
+    for path in compiled.EAGER_PATHS.values():
+        why_not = _why_not(path, model, x)
+        if why_not is None:
+            reason = f"compiled: runs as the operator {compiled.OPERATOR}"
+            return Choice(path.name, reason, partial(compiled.eager_tokens, path))
+        reasons.append(f"{path.name} {why_not}")
+    return Choice("reference", f"torch.compile traces the reference modules ({'; '.join(reasons)})", reference)
 
 
 def _choose_for_onnx_export(model: nn.Module, x: torch.Tensor) -> Choice:

@@ -26,12 +26,20 @@ class Condition:
     holds: Callable[[nn.Module, torch.Tensor], bool]
 
 
+def _detect_native_bf16() -> bool:
+    has = [getattr(torch.cpu, f"_is_{unit}_supported", lambda: False)() for unit in ("amx_tile", "avx512_bf16")]
+    return any(has)
+
+
+# read once: the seam also asks while torch.compile traces it, which may not call torch.cpu's probes
+_NATIVE_BF16 = _detect_native_bf16()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware: AMX tiles (Xeons since Sapphire Rapids) or AVX-512 BF16 dot
     products (AMD EPYC since Zen 4, Xeons since Cooper Lake). Elsewhere oneDNN emulates bf16 (0.09-0.11x float32
     on an AVX2 CPU, BENCHMARKS.md)."""
-    has = [getattr(torch.cpu, f"_is_{unit}_supported", lambda: False)() for unit in ("amx_tile", "avx512_bf16")]
-    return any(has)
+    return _NATIVE_BF16
 
 
 # The conditions of the eager CPU paths (their kernels are measured in float32 without autocast).
