@@ -37,6 +37,7 @@ from coat.bench import interleaved, machine_line, timm_pair
 from coat.export import export_onnx
 from coat.onnx_runtime import OnnxRuntimeClassifier
 from coat.openvino_runtime import OpenVinoClassifier
+from coat.quantize import int8_model
 from coat.runtimes import DTYPES, classifier
 
 if TYPE_CHECKING:
@@ -48,13 +49,11 @@ SIZE = 224
 HAS_BF16_KERNELS = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def int8_model(model: openvino.Model) -> openvino.Model:
-    """NNCF's post-training int8 quantization (transformer preset), calibrated on 16 random images: for speed only
-    (its accuracy needs the user's images)."""
-    import nncf
-
+def random_int8_model(model: openvino.Model) -> openvino.Model:
+    """``coat quantize``'s int8 quantization calibrated on 16 random images: for speed only (its accuracy needs the
+    user's images)."""
     images = [np.random.default_rng(i).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32) for i in range(16)]
-    return nncf.quantize(model, nncf.Dataset(images), model_type=nncf.ModelType.TRANSFORMER, subset_size=16)
+    return int8_model(model, images, len(images))
 
 
 def export_timm_onnx(peer: torch.nn.Module, path: Path) -> None:
@@ -112,7 +111,7 @@ class Runtimes:
             from_onnx = ov.Core().read_model(str(self.ours_onnx))
             self.openvino = {dtype: OpenVinoClassifier(from_onnx, dtype) for dtype in DTYPES}
             if importlib.util.find_spec("nncf") is not None:
-                self.openvino["int8"] = OpenVinoClassifier(int8_model(from_onnx), "bf16")
+                self.openvino["int8"] = OpenVinoClassifier(random_int8_model(from_onnx), "bf16")
 
     def calls(self, batch: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """Every runtime's call for inputs ``[batch, 3, 224, 224]``."""

@@ -91,6 +91,9 @@ def test_quantized_ir_serves_and_is_not_overwritten(quantized, named_checkpoint,
     nothing = coat_in_child(*argv, "--calibration", str(empty), "--output", str(tmp_path / "int8"))
     assert nothing.returncode == 2 and f"no images found in {empty}" in nothing.stderr
     assert len(nothing.stderr.strip().splitlines()) == 1 and not (tmp_path / "int8").exists()
+    no_samples = ["--calibration", str(labelled_images), "--samples", "0", "--output", str(tmp_path / "q")]
+    none = coat_in_child(*argv, *no_samples)
+    assert none.returncode == 2 and "--samples must be at least 1, not 0" in none.stderr
 
 
 def test_calibration_images_are_a_fixed_spread_subset(tmp_path):

@@ -19,20 +19,26 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .errors import UsageError
 from .evaluation import labelled_loader
 from .extras import require
 from .files import atomic_directory, refuse_overwrite, write_json
 from .inference import ImageFiles, find_images, load_for_inference
 from .openvino_runtime import OpenVinoClassifier, convert, save_ir
 from .train.classify import EvalResult, evaluate
+
+if TYPE_CHECKING:
+    import openvino
 
 REPORT_FILE = "quantization.json"
 
@@ -69,9 +75,9 @@ def quantize_checkpoint(
     --runtime openvino --dtype bf16`` serves the IR)."""
     output = Path(output)
     refuse_overwrite([output], overwrite)
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, not {samples}")
     require("quantize")
-    import nncf
-
     loaded = load_for_inference(str(checkpoint), model_name)
     model, class_names = loaded.model, loaded.class_names
     preprocessing = model.preprocessing
@@ -79,22 +85,32 @@ def quantize_checkpoint(
     # the held-out data read before the minutes of calibration, so a wrong folder fails at once
     held_out = labelled_loader(data, preprocessing, len(class_names), batch_size, workers, split=split)
     batches = DataLoader(ImageFiles(images, preprocessing.transforms()), batch_size=1, num_workers=workers)
-    quantized = nncf.quantize(
-        convert(model),
-        nncf.Dataset(batches, lambda batch: batch.numpy()),  # [1, 3, H, W] float32
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(images),
-    )
+    quantized = int8_model(convert(model), batches, len(images), lambda batch: batch.numpy())
     results: dict[str, EvalResult] = {}
-    record: dict[str, Any] = {}
+    record: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "calibration": str(calibration),
+        "calibration_images": len(images),
+        "data": str(data) if data is not None else "embedded held-out split",
+        "split": split,
+        "int8_float_layers": dtype,
+        "nncf": version("nncf"),
+    }
 
     def write(tmp: Path) -> None:
         save_ir(quantized, tmp, class_names, preprocessing)
         cpu = torch.device("cpu")
-        results["float32"] = evaluate(model, held_out, cpu, len(class_names), progress="eval float32")
-        int8_ir = OpenVinoClassifier.from_ir(tmp, dtype)
-        results["int8"] = evaluate(int8_ir, held_out, cpu, len(class_names), progress="eval int8")
-        record.update(_record(checkpoint, calibration, len(images), data, split, dtype, results))
+        float32 = results["float32"] = evaluate(model, held_out, cpu, len(class_names), progress="eval float32")
+        int8_ir = OpenVinoClassifier.from_ir(tmp, dtype)  # the IR as written
+        int8 = results["int8"] = evaluate(int8_ir, held_out, cpu, len(class_names), progress="eval int8")
+        record.update(
+            images=int8.count,
+            float32_top1=float32.top1,
+            int8_top1=int8.top1,
+            top1_change=int8.top1 - float32.top1,
+            float32_loss=float32.loss,
+            int8_loss=int8.loss,
+        )
         write_json(tmp / REPORT_FILE, record)
 
     atomic_directory(output, write)
@@ -111,28 +127,17 @@ def calibration_images(calibration: str | os.PathLike, samples: int) -> list[Pat
     return [path for i, path in enumerate(paths) if i in chosen]
 
 
-def _record(
-    checkpoint: str | os.PathLike,
-    calibration: str | os.PathLike,
-    calibration_count: int,
-    data: str | os.PathLike | None,
-    split: str,
-    dtype: str,
-    results: dict[str, EvalResult],
-) -> dict[str, Any]:
-    float32, int8 = results["float32"], results["int8"]
-    return {
-        "checkpoint": str(checkpoint),
-        "calibration": str(calibration),
-        "calibration_images": calibration_count,
-        "data": str(data) if data is not None else "embedded held-out split",
-        "split": split,
-        "images": int8.count,
-        "float32_top1": float32.top1,
-        "int8_top1": int8.top1,
-        "top1_change": int8.top1 - float32.top1,
-        "float32_loss": float32.loss,
-        "int8_loss": int8.loss,
-        "int8_float_layers": dtype,
-        "nncf": version("nncf"),
-    }
+def int8_model(
+    model: openvino.Model,
+    calibration: Iterable[Any],
+    samples: int,
+    to_array: Callable[[Any], np.ndarray] | None = None,
+) -> openvino.Model:
+    """NNCF's post-training int8 quantization of ``model`` (transformer preset), its activation ranges measured on
+    ``samples`` images of ``calibration`` (float32 ``[1, 3, H, W]``, or made so by ``to_array``; read more than once,
+    so not a generator)."""
+    require("quantize")
+    import nncf
+
+    dataset = nncf.Dataset(calibration, to_array)
+    return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=samples)
