@@ -149,8 +149,14 @@ def interleaved(
     warmup: int = 2,
     repeats: int = 10,
     sync: Callable[[], None] = lambda: None,
+    settle: int = 0,
 ) -> dict[str, Timing]:
-    """Time each callable ``repeats`` times, alternating between them so drift hits all alike."""
+    """Time each callable ``repeats`` times, alternating between them so drift hits all alike.
+
+    ``settle``: untimed calls of the same callable before each timed one, for callables on different runtimes: a
+    runtime's worker threads keep spinning after its call returns (ONNX Runtime's by default), and the next call of
+    another runtime shares the cores with them (PyTorch 2.2x and OpenVINO 1.5x slower right after ONNX Runtime on a
+    2-core Zen 4 EPYC, as fast as alone from their second call; BENCHMARKS.md, "Deploying on CPUs", fifth step)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -158,6 +164,9 @@ def interleaved(
     seconds: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
+            sync()
             start = time.perf_counter()
             fn()
             sync()

@@ -43,7 +43,7 @@ def classifier(model: CoaT, runtime: str = "pytorch", dtype: str = "fp32") -> Cl
     if runtime == "onnxruntime":
         return _onnx_runtime_classifier(model)
     if dtype == "bf16":
-        return _Bfloat16Classifier(copy.deepcopy(model).to(torch.bfloat16))
+        return Bfloat16Classifier(copy.deepcopy(model).to(torch.bfloat16))
     return model
 
 
@@ -91,10 +91,10 @@ def _onnx_runtime_classifier(model: CoaT) -> Classifier:
         return OnnxRuntimeClassifier(path)
 
 
-class _Bfloat16Classifier:
-    """A bf16 model behind float32 inputs and outputs."""
+class Bfloat16Classifier:
+    """A bf16 model (or a compiled one) behind float32 inputs and outputs."""
 
-    def __init__(self, model: CoaT) -> None:
+    def __init__(self, model: Classifier) -> None:
         self.model = model
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
