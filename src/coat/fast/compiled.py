@@ -60,14 +60,7 @@ def _skeleton(config_json: str, path_name: str) -> tuple[_EagerTokens, list[str]
 
 
 @torch.library.custom_op(OPERATOR, mutates_args=())
-def _tokens_op(
-    x: torch.Tensor,
-    weights: list[torch.Tensor],
-    path_name: str,
-    config_json: str,
-    dims: list[int],
-    num_image_tokens: list[int],
-) -> list[torch.Tensor]:
+def _tokens_op(x: torch.Tensor, weights: list[torch.Tensor], path_name: str, config_json: str) -> list[torch.Tensor]:
     """The four scales' tokens ``[B, 1+H_s*W_s, C_s]`` of the eager path ``path_name``."""
     skeleton, names = _skeleton(config_json, path_name)
     return torch.func.functional_call(skeleton, dict(zip(names, weights)), (x,))
@@ -75,14 +68,21 @@ def _tokens_op(
 
 @_tokens_op.register_fake
 def _tokens_shapes(
-    x: torch.Tensor,
-    weights: list[torch.Tensor],
-    path_name: str,
-    config_json: str,
-    dims: list[int],
-    num_image_tokens: list[int],
+    x: torch.Tensor, weights: list[torch.Tensor], path_name: str, config_json: str
 ) -> list[torch.Tensor]:
-    return [x.new_empty(x.shape[0], 1 + n, dim) for n, dim in zip(num_image_tokens, dims)]
+    config = json.loads(config_json)
+    grids = _grids(config["patch_sizes"], *x.shape[2:])
+    return [x.new_empty(x.shape[0], 1 + h * w, dim) for (h, w), dim in zip(grids, config["embed_dims"])]
+
+
+def _grids(patch_sizes: list[int], height: int, width: int) -> list[tuple[int, int]]:
+    """Each stage's token grid for an image of ``height`` x ``width`` (floor division per stage, as the patch
+    convolutions do)."""
+    grids = []
+    for patch in patch_sizes:
+        height, width = height // patch, width // patch
+        grids.append((height, width))
+    return grids
 
 
 @torch.compiler.assume_constant_result
@@ -93,11 +93,6 @@ def _config_json(model: nn.Module) -> str:
 
 def eager_tokens(path: FastPath, model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """``path.tokens`` (an eager path of ``EAGER_PATHS``) through the operator (what ``torch.compile`` records)."""
-    grids, (height, width) = [], x.shape[2:]
-    for patch in model.config.patch_sizes:  # floor division per stage, as the patch convolutions do
-        height, width = height // patch, width // patch
-        grids.append((height, width))
     weights = list(_trunk_parameters(model).values())
-    dims, num_image_tokens = list(model.config.embed_dims), [h * w for h, w in grids]
-    out = _tokens_op(x, weights, path.name, _config_json(model), dims, num_image_tokens)
-    return list(out), grids
+    out = _tokens_op(x, weights, path.name, _config_json(model))
+    return list(out), _grids(model.config.patch_sizes, *x.shape[2:])
